@@ -1,0 +1,278 @@
+//! Broker configuration: TOML parsed into plain serde structs.
+//!
+//! Defaults come from the embedded `config/default.toml` (printed by
+//! `warrenmq --print-default-config`). Every table denies unknown keys, so a typo
+//! is a startup error that names the key. Nothing here touches other modules; the
+//! resulting [`Config`] is handed down at construction time (no global singleton).
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// The embedded default configuration file, with a comment on every key.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
+
+/// Everything that can go wrong while loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path of the file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type (the message names the key).
+    #[error("invalid config{}: {message}", origin.as_deref().map(|p| format!(" in {p}")).unwrap_or_default())]
+    Parse {
+        /// File the text came from, if any.
+        origin: Option<String>,
+        /// The parser's message, which names the offending key.
+        message: String,
+    },
+    /// A value that parses but is not usable.
+    #[error("invalid value for '{key}': {message}")]
+    Invalid {
+        /// Dotted key path, e.g. `amqp.frame_max`.
+        key: String,
+        /// Why it is rejected.
+        message: String,
+    },
+}
+
+/// Root of the configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for definitions, message segments and runtime files.
+    pub data_dir: PathBuf,
+    /// The AMQP listener and protocol limits.
+    pub amqp: AmqpConfig,
+    /// Users and authentication.
+    pub auth: AuthConfig,
+    /// Virtual hosts created at start.
+    pub vhosts: VhostsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[amqp]`: listener address and protocol negotiation limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// Listen address.
+    pub bind: IpAddr,
+    /// Listen port (0 = an ephemeral port, useful in tests).
+    pub port: u16,
+    /// Highest channel number offered in `connection.tune`.
+    pub channel_max: u16,
+    /// Largest frame offered in `connection.tune`.
+    pub frame_max: u32,
+    /// Heartbeat interval offered in `connection.tune`, in seconds.
+    pub heartbeat: u16,
+    /// Maximum simultaneous connections (0 = unlimited).
+    pub max_connections: usize,
+    /// Largest accepted message body in bytes.
+    pub max_message_size: u64,
+    /// Seconds allowed for the handshake.
+    pub handshake_timeout: u64,
+    /// The `product` server property.
+    pub product: String,
+}
+
+/// `[auth]`: users and loopback restrictions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Users allowed to connect from loopback addresses only.
+    pub loopback_users: Vec<String>,
+    /// Users created at start.
+    pub users: Vec<UserConfig>,
+}
+
+/// One `[[auth.users]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// User name.
+    pub name: String,
+    /// Plain-text password.
+    pub password: String,
+    /// Management tags (informational).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Vhosts the user gets full permissions on.
+    #[serde(default)]
+    pub vhosts: Vec<String>,
+}
+
+/// `[vhosts]`: virtual hosts created at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VhostsConfig {
+    /// Names of the vhosts.
+    pub names: Vec<String>,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing EnvFilter directive.
+    pub level: String,
+}
+
+/// Parses the embedded default file once; it is covered by a unit test.
+fn embedded() -> Config {
+    toml::from_str(DEFAULT_CONFIG_TOML).expect("embedded default config is valid (unit-tested)")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        embedded()
+    }
+}
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 5672,
+            channel_max: 2047,
+            frame_max: 131072,
+            heartbeat: 60,
+            max_connections: 0,
+            max_message_size: 134_217_728,
+            handshake_timeout: 10,
+            product: "WarrenMQ".into(),
+        }
+    }
+}
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            loopback_users: vec!["guest".into()],
+            users: vec![UserConfig {
+                name: "guest".into(),
+                password: "guest".into(),
+                tags: vec!["administrator".into()],
+                vhosts: vec!["/".into()],
+            }],
+        }
+    }
+}
+impl Default for VhostsConfig {
+    fn default() -> Self {
+        VhostsConfig {
+            names: vec!["/".into()],
+        }
+    }
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in error messages.
+    pub fn from_toml_str(text: &str, origin: Option<&str>) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.map(str::to_owned),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text, Some(&path.display().to_string()))
+    }
+
+    /// Checks rules that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })
+        };
+        if self.amqp.frame_max != 0 && self.amqp.frame_max < 4096 {
+            return invalid(
+                "amqp.frame_max",
+                format!("{} is below the AMQP minimum of 4096", self.amqp.frame_max),
+            );
+        }
+        if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
+            return invalid(
+                "amqp.max_message_size",
+                format!(
+                    "{} must be between 1 and 536870912",
+                    self.amqp.max_message_size
+                ),
+            );
+        }
+        for (i, user) in self.auth.users.iter().enumerate() {
+            if user.name.is_empty() {
+                return invalid(&format!("auth.users[{i}].name"), "must not be empty".into());
+            }
+            for vhost in &user.vhosts {
+                if !self.vhosts.names.contains(vhost) {
+                    return invalid(
+                        &format!("auth.users[{i}].vhosts"),
+                        format!("vhost '{vhost}' is not listed in vhosts.names"),
+                    );
+                }
+            }
+        }
+        if self.vhosts.names.iter().any(|v| v.is_empty()) {
+            return invalid("vhosts.names", "a vhost name must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_matches_code_defaults() {
+        let c = Config::from_toml_str(DEFAULT_CONFIG_TOML, None).unwrap();
+        assert_eq!(c.amqp.port, 5672);
+        assert_eq!(c.amqp.frame_max, 131072);
+        assert_eq!(c.amqp.channel_max, 2047);
+        assert_eq!(c.amqp.heartbeat, 60);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        let code = AmqpConfig::default();
+        assert_eq!(c.amqp.max_message_size, code.max_message_size);
+        assert_eq!(c.amqp.product, code.product);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("[amqp]\nprot = 1\n", Some("x.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("prot"), "{text}");
+        assert!(text.contains("x.toml"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::from_toml_str("[amqp]\nport = \"abc\"\n", None).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn small_frame_max_rejected() {
+        let err = Config::from_toml_str("[amqp]\nframe_max = 100\n", None).unwrap_err();
+        assert!(err.to_string().contains("amqp.frame_max"), "{err}");
+    }
+}

@@ -1,0 +1,31 @@
+//! # WarrenMQ
+//!
+//! An AMQP 0-9-1 message broker that RabbitMQ clients can use unchanged.
+//!
+//! ## Layout
+//! - [`config`]: TOML configuration with embedded defaults.
+//! - [`protocol`]: the wire format: frame splitting (zero-copy bodies), method and
+//!   content-header codec (via `amq-protocol`), content assembly, reply codes.
+//! - [`server`]: listeners, accept loop, shutdown.
+//! - [`connection`]: one task per client connection: handshake, frame dispatch,
+//!   heartbeats, and a writer task that batches socket writes.
+//! - [`channel`]: per-channel state owned by the connection task: publishing,
+//!   consumers, unacked deliveries, confirms, transactions.
+//! - [`broker`]: vhosts with their exchanges, queues and bindings.
+//! - [`exchange`]: binding tables and routing for direct/fanout/topic/headers.
+//! - [`queue`]: one actor task per queue: ready messages, consumers, credit.
+//! - [`store`]: durable message log and definitions on disk.
+//! - [`auth`]: SASL mechanisms and users.
+//!
+//! ## Data path
+//! socket bytes → frame splitter → per-channel assembler → channel handler →
+//! exchange router → queue actor → consumer credit → connection writer → socket.
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod protocol;
+pub mod server;
+
+pub use config::Config;
+pub use server::{RunningServer, Server};
