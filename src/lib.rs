@@ -6,7 +6,7 @@
 //! - [`config`]: TOML configuration with embedded defaults.
 //! - [`protocol`]: the wire format: frame splitting (zero-copy bodies), method and
 //!   content-header codec (via `amq-protocol`), content assembly, reply codes.
-//! - [`server`]: listeners, accept loop, shutdown.
+//! - [`server`]: listener, accept loop, ordered shutdown.
 //! - [`connection`]: one task per client connection: handshake, frame dispatch,
 //!   heartbeats, and a writer task that batches socket writes.
 //! - [`channel`]: per-channel state owned by the connection task: publishing,
@@ -14,17 +14,25 @@
 //! - [`broker`]: vhosts with their exchanges, queues and bindings.
 //! - [`exchange`]: binding tables and routing for direct/fanout/topic/headers.
 //! - [`queue`]: one actor task per queue: ready messages, consumers, credit.
-//! - [`store`]: durable message log and definitions on disk.
+//! - [`message`]: the immutable, shared message.
 //! - [`auth`]: SASL mechanisms and users.
 //!
 //! ## Data path
 //! socket bytes → frame splitter → per-channel assembler → channel handler →
-//! exchange router → queue actor → consumer credit → connection writer → socket.
+//! exchange router → per-queue batch → queue actor → consumer credit →
+//! connection outbox → writer task → socket.
 
 #![deny(unsafe_code)]
 
+pub mod auth;
+pub mod broker;
+pub mod channel;
 pub mod config;
+pub mod connection;
+pub mod exchange;
+pub mod message;
 pub mod protocol;
+pub mod queue;
 pub mod server;
 
 pub use config::Config;

@@ -1,0 +1,96 @@
+//! The broker: the registry of vhosts, id allocation, and the direct reply-to
+//! registry. Shared by every connection as `Arc<Broker>`.
+
+pub mod vhost;
+
+use crate::config::Config;
+use crate::queue::{ChanKey, ConnHandle};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+pub use vhost::{Destination, Exchange, ExchangeDecl, QueueDecl, VHost};
+
+/// Allocator of broker-unique ids (connections, channels, queues).
+#[derive(Debug, Default)]
+pub struct Ids(AtomicU64);
+
+impl Ids {
+    /// The next id (never 0).
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// The pseudo-queue name for direct reply-to.
+pub const REPLY_TO_QUEUE: &str = "amq.rabbitmq.reply-to";
+
+/// A consumer of the direct reply-to pseudo-queue.
+#[derive(Debug, Clone)]
+pub struct ReplyConsumer {
+    /// Its connection.
+    pub conn: ConnHandle,
+    /// Its channel instance.
+    pub chan_key: ChanKey,
+    /// Its consumer tag.
+    pub consumer_tag: Arc<str>,
+}
+
+/// Everything shared by all connections.
+#[derive(Debug)]
+pub struct Broker {
+    /// The configuration the broker was started with.
+    pub config: Arc<Config>,
+    /// Id allocator.
+    pub ids: Arc<Ids>,
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    reply_to: Mutex<HashMap<String, ReplyConsumer>>,
+}
+
+impl Broker {
+    /// A broker with the configured vhosts.
+    pub fn new(config: Arc<Config>) -> Arc<Broker> {
+        let ids = Arc::new(Ids::default());
+        let vhosts = config
+            .vhosts
+            .names
+            .iter()
+            .map(|n| (n.clone(), VHost::new(n, ids.clone())))
+            .collect();
+        Arc::new(Broker {
+            config,
+            ids,
+            vhosts: RwLock::new(vhosts),
+            reply_to: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Looks up a vhost.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.read().get(name).cloned()
+    }
+
+    /// Every vhost.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts.read().values().cloned().collect()
+    }
+
+    /// Registers a direct reply-to consumer and returns the reply-to name suffix.
+    pub fn register_reply_consumer(&self, consumer: ReplyConsumer) -> String {
+        use rand::Rng;
+        let nonce: u64 = rand::thread_rng().gen();
+        let key = format!("g{:x}{:016x}", consumer.chan_key, nonce);
+        self.reply_to.lock().insert(key.clone(), consumer);
+        key
+    }
+
+    /// Removes the direct reply-to consumer of a channel.
+    pub fn unregister_reply_consumer(&self, key: &str) {
+        self.reply_to.lock().remove(key);
+    }
+
+    /// Finds the consumer a `amq.rabbitmq.reply-to.<key>` routing key names.
+    pub fn reply_consumer(&self, key: &str) -> Option<ReplyConsumer> {
+        self.reply_to.lock().get(key).cloned()
+    }
+}

@@ -1,0 +1,647 @@
+//! A virtual host: its exchanges, queues and bindings, and the metadata
+//! operations on them (declare, bind, delete) with RabbitMQ's checks and texts.
+//!
+//! The maps are read-mostly: a publish takes read locks for a few lookups;
+//! declares, binds and deletes take write locks. No lock is held across an
+//! `.await` (the queue-actor round trips happen outside the critical sections).
+
+use super::Ids;
+use crate::exchange::{Bindings, ExchangeKind};
+use crate::protocol::{AmqpError, AmqpResult};
+use crate::queue::{actor, QueueCmd, QueueHandle, QueueInfo};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+/// Where a binding leads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// A queue, by name.
+    Queue(Arc<str>),
+    /// An exchange, by name (exchange-to-exchange binding).
+    Exchange(Arc<str>),
+}
+
+/// An exchange and its bindings.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Name ("" is the default exchange).
+    pub name: Arc<str>,
+    /// Type.
+    pub kind: ExchangeKind,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Clients may not publish to it directly.
+    pub internal: bool,
+    /// Declaration arguments.
+    pub arguments: FieldTable,
+    /// Bindings with this exchange as the source.
+    pub bindings: RwLock<Bindings<Destination>>,
+}
+
+/// Parameters of `exchange.declare`.
+#[derive(Debug, Clone)]
+pub struct ExchangeDecl {
+    /// Name.
+    pub name: String,
+    /// Type name as sent.
+    pub kind: String,
+    /// Durable flag.
+    pub durable: bool,
+    /// Auto-delete flag.
+    pub auto_delete: bool,
+    /// Internal flag.
+    pub internal: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// Parameters of `queue.declare`.
+#[derive(Debug, Clone)]
+pub struct QueueDecl {
+    /// Name ("" = server-named).
+    pub name: String,
+    /// Durable flag.
+    pub durable: bool,
+    /// Exclusive flag.
+    pub exclusive: bool,
+    /// Auto-delete flag.
+    pub auto_delete: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// A virtual host.
+#[derive(Debug)]
+pub struct VHost {
+    /// Name.
+    pub name: Arc<str>,
+    exchanges: RwLock<HashMap<Arc<str>, Arc<Exchange>>>,
+    queues: RwLock<HashMap<Arc<str>, QueueHandle>>,
+    ids: Arc<Ids>,
+    me: Weak<VHost>,
+}
+
+const DEFAULT_EXCHANGE_DENIED: &str = "operation not permitted on the default exchange";
+
+impl VHost {
+    /// Creates a vhost with the default and `amq.*` exchanges.
+    pub fn new(name: &str, ids: Arc<Ids>) -> Arc<VHost> {
+        let vhost = Arc::new_cyclic(|me| VHost {
+            name: name.into(),
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+            ids,
+            me: me.clone(),
+        });
+        {
+            let mut ex = vhost.exchanges.write();
+            for (n, k) in [
+                ("", ExchangeKind::Direct),
+                ("amq.direct", ExchangeKind::Direct),
+                ("amq.fanout", ExchangeKind::Fanout),
+                ("amq.topic", ExchangeKind::Topic),
+                ("amq.headers", ExchangeKind::Headers),
+                ("amq.match", ExchangeKind::Headers),
+            ] {
+                ex.insert(n.into(), Arc::new(new_exchange(n, k, true, false, false, FieldTable::default())));
+            }
+        }
+        vhost
+    }
+
+    /// Looks up an exchange.
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.read().get(name).cloned()
+    }
+
+    /// Looks up a queue.
+    pub fn queue(&self, name: &str) -> Option<QueueHandle> {
+        self.queues.read().get(name).cloned()
+    }
+
+    /// Every exchange (for the management view and definitions).
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    /// Every queue.
+    pub fn queues(&self) -> Vec<QueueHandle> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    /// `exchange.declare` (non-passive).
+    pub fn declare_exchange(&self, d: &ExchangeDecl) -> AmqpResult<()> {
+        if d.name.is_empty() {
+            return Err(AmqpError::access_refused(DEFAULT_EXCHANGE_DENIED));
+        }
+        let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
+            AmqpError::command_invalid(format_args!("unknown exchange type '{}'", d.kind))
+        })?;
+        if let Some(existing) = self.exchange(&d.name) {
+            return self.check_exchange_equivalent(&existing, kind, d);
+        }
+        if d.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        if let Some(alt) = d.arguments.inner().get("alternate-exchange") {
+            if !matches!(alt, AMQPValue::LongString(_) | AMQPValue::ShortString(_)) {
+                return Err(AmqpError::precondition(format_args!(
+                    "invalid arg 'alternate-exchange' for exchange '{}' in vhost '{}'",
+                    d.name, self.name
+                )));
+            }
+        }
+        let mut exchanges = self.exchanges.write();
+        // Another connection may have declared it since the read above.
+        if let Some(existing) = exchanges.get(d.name.as_str()).cloned() {
+            drop(exchanges);
+            return self.check_exchange_equivalent(&existing, kind, d);
+        }
+        let ex = new_exchange(
+            &d.name,
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments.clone(),
+        );
+        exchanges.insert(ex.name.clone(), Arc::new(ex));
+        Ok(())
+    }
+
+    fn check_exchange_equivalent(
+        &self,
+        ex: &Exchange,
+        kind: ExchangeKind,
+        d: &ExchangeDecl,
+    ) -> AmqpResult<()> {
+        let ineq = |arg: &str, received: &dyn std::fmt::Display, current: &dyn std::fmt::Display| {
+            Err(AmqpError::inequivalent_arg(
+                arg, "exchange", &d.name, &self.name, received, current,
+            ))
+        };
+        if ex.kind != kind {
+            return ineq("type", &kind.as_str(), &ex.kind.as_str());
+        }
+        if ex.durable != d.durable {
+            return ineq("durable", &d.durable, &ex.durable);
+        }
+        if ex.auto_delete != d.auto_delete {
+            return ineq("auto_delete", &d.auto_delete, &ex.auto_delete);
+        }
+        if ex.internal != d.internal {
+            return ineq("internal", &d.internal, &ex.internal);
+        }
+        check_args_equivalent(&ex.arguments, &d.arguments, "exchange", &d.name, &self.name)
+    }
+
+    /// `exchange.declare` with `passive`.
+    pub fn exchange_exists(&self, name: &str) -> AmqpResult<()> {
+        if name.is_empty() || self.exchanges.read().contains_key(name) {
+            Ok(())
+        } else {
+            Err(AmqpError::no_exchange(name, &self.name))
+        }
+    }
+
+    /// `exchange.delete`.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() {
+            return Err(AmqpError::access_refused(DEFAULT_EXCHANGE_DENIED));
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "deletion of system exchange '{}' in vhost '{}' refused",
+                name, self.name
+            )));
+        }
+        let Some(ex) = self.exchange(name) else {
+            return Err(AmqpError::no_exchange(name, &self.name));
+        };
+        if if_unused && !ex.bindings.read().is_empty() {
+            return Err(AmqpError::precondition(format_args!(
+                "exchange '{}' in vhost '{}' in use",
+                name, self.name
+            )));
+        }
+        self.remove_exchange(name);
+        Ok(())
+    }
+
+    /// Removes an exchange and every binding that leads to it.
+    fn remove_exchange(&self, name: &str) {
+        if self.exchanges.write().remove(name).is_none() {
+            return;
+        }
+        self.remove_destination(&Destination::Exchange(name.into()));
+    }
+
+    /// Removes every binding to `dest`, then auto-deletes sources left without bindings.
+    fn remove_destination(&self, dest: &Destination) {
+        let mut emptied = Vec::new();
+        for ex in self.exchanges() {
+            let mut b = ex.bindings.write();
+            if b.unbind_all(dest) > 0 && ex.auto_delete && b.is_empty() {
+                emptied.push(ex.name.clone());
+            }
+        }
+        for name in emptied {
+            self.remove_exchange(&name);
+        }
+    }
+
+    /// `queue.declare`: returns the queue (created if needed).
+    pub fn declare_queue(&self, d: &QueueDecl, conn_id: u64) -> AmqpResult<QueueHandle> {
+        let name: String = if d.name.is_empty() {
+            generate_queue_name()
+        } else {
+            d.name.clone()
+        };
+        if let Some(q) = self.queue(&name) {
+            self.check_exclusive(&q, conn_id)?;
+            self.check_queue_equivalent(&q, d)?;
+            return Ok(q);
+        }
+        if name.starts_with("amq.") && !d.name.is_empty() {
+            return Err(AmqpError::access_refused(format_args!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                name
+            )));
+        }
+        let mut queues = self.queues.write();
+        if let Some(q) = queues.get(name.as_str()).cloned() {
+            drop(queues);
+            self.check_exclusive(&q, conn_id)?;
+            self.check_queue_equivalent(&q, d)?;
+            return Ok(q);
+        }
+        let info = QueueInfo {
+            name: name.as_str().into(),
+            vhost: self.name.clone(),
+            durable: d.durable,
+            exclusive_owner: d.exclusive.then_some(conn_id),
+            auto_delete: d.auto_delete,
+            arguments: d.arguments.clone(),
+        };
+        let me = self.me.clone();
+        let handle = actor::spawn(
+            self.ids.next(),
+            info,
+            Box::new(move |q: &QueueHandle| {
+                if let Some(vhost) = me.upgrade() {
+                    vhost.unregister_queue(q);
+                }
+            }),
+        );
+        queues.insert(handle.info.name.clone(), handle.clone());
+        Ok(handle)
+    }
+
+    fn check_queue_equivalent(&self, q: &QueueHandle, d: &QueueDecl) -> AmqpResult<()> {
+        let info = &q.info;
+        let ineq = |arg: &str, received: bool, current: bool| {
+            Err(AmqpError::inequivalent_arg(
+                arg, "queue", &info.name, &self.name, received, current,
+            ))
+        };
+        if info.durable != d.durable {
+            return ineq("durable", d.durable, info.durable);
+        }
+        if info.exclusive_owner.is_some() != d.exclusive {
+            return ineq("exclusive", d.exclusive, info.exclusive_owner.is_some());
+        }
+        if info.auto_delete != d.auto_delete {
+            return ineq("auto_delete", d.auto_delete, info.auto_delete);
+        }
+        check_args_equivalent(&info.arguments, &d.arguments, "queue", &info.name, &self.name)
+    }
+
+    /// 405 if `q` is exclusive to another connection.
+    pub fn check_exclusive(&self, q: &QueueHandle, conn_id: u64) -> AmqpResult<()> {
+        match q.info.exclusive_owner {
+            Some(owner) if owner != conn_id => {
+                Err(AmqpError::exclusive_locked(&q.info.name, &self.name))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Finds a queue usable by `conn_id` (404 if missing, 405 if exclusive elsewhere).
+    pub fn queue_for(&self, name: &str, conn_id: u64) -> AmqpResult<QueueHandle> {
+        let q = self
+            .queue(name)
+            .ok_or_else(|| AmqpError::no_queue(name, &self.name))?;
+        self.check_exclusive(&q, conn_id)?;
+        Ok(q)
+    }
+
+    /// `queue.delete`: asks the actor to stop, then unregisters it. A missing queue is not an error.
+    pub async fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn_id: u64,
+    ) -> AmqpResult<u32> {
+        let Some(q) = self.queue(name) else {
+            return Ok(0);
+        };
+        self.check_exclusive(&q, conn_id)?;
+        let reply = q
+            .ask(|reply| QueueCmd::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            })
+            .await;
+        let count = match reply {
+            Some(r) => r?,
+            None => 0,
+        };
+        self.unregister_queue(&q);
+        Ok(count)
+    }
+
+    /// Removes a (stopped) queue from the registry and its bindings.
+    fn unregister_queue(&self, q: &QueueHandle) {
+        {
+            let mut queues = self.queues.write();
+            match queues.get(&*q.info.name) {
+                Some(current) if current.id == q.id => {
+                    queues.remove(&*q.info.name);
+                }
+                _ => return,
+            }
+        }
+        self.remove_destination(&Destination::Queue(q.info.name.clone()));
+    }
+
+    /// Deletes every queue exclusively owned by `conn_id` (its connection closed).
+    pub async fn delete_exclusive_queues(&self, conn_id: u64) {
+        let owned: Vec<QueueHandle> = self
+            .queues
+            .read()
+            .values()
+            .filter(|q| q.info.exclusive_owner == Some(conn_id))
+            .cloned()
+            .collect();
+        for q in owned {
+            let _ = q
+                .ask(|reply| QueueCmd::Delete {
+                    if_unused: false,
+                    if_empty: false,
+                    reply,
+                })
+                .await;
+            self.unregister_queue(&q);
+        }
+    }
+
+    /// `queue.bind` / `exchange.bind`.
+    pub fn bind(
+        &self,
+        source: &str,
+        dest: Destination,
+        routing_key: &str,
+        args: &FieldTable,
+    ) -> AmqpResult<()> {
+        let ex = self.bindable_source(source)?;
+        self.check_destination(&dest)?;
+        Bindings::<Destination>::validate_args(ex.kind, args)
+            .map_err(AmqpError::precondition)?;
+        ex.bindings.write().bind(dest, routing_key, args);
+        Ok(())
+    }
+
+    /// `queue.unbind` / `exchange.unbind` (a missing binding is not an error).
+    pub fn unbind(
+        &self,
+        source: &str,
+        dest: Destination,
+        routing_key: &str,
+        args: &FieldTable,
+    ) -> AmqpResult<()> {
+        let ex = self.bindable_source(source)?;
+        self.check_destination(&dest)?;
+        let emptied = {
+            let mut b = ex.bindings.write();
+            b.unbind(&dest, routing_key, args) && ex.auto_delete && b.is_empty()
+        };
+        if emptied {
+            self.remove_exchange(source);
+        }
+        Ok(())
+    }
+
+    fn bindable_source(&self, source: &str) -> AmqpResult<Arc<Exchange>> {
+        if source.is_empty() {
+            return Err(AmqpError::access_refused(DEFAULT_EXCHANGE_DENIED));
+        }
+        self.exchange(source)
+            .ok_or_else(|| AmqpError::no_exchange(source, &self.name))
+    }
+
+    fn check_destination(&self, dest: &Destination) -> AmqpResult<()> {
+        match dest {
+            Destination::Queue(q) if !self.queues.read().contains_key(q) => {
+                Err(AmqpError::no_queue(q, &self.name))
+            }
+            Destination::Exchange(e) if e.is_empty() => {
+                Err(AmqpError::access_refused(DEFAULT_EXCHANGE_DENIED))
+            }
+            Destination::Exchange(e) if !self.exchanges.read().contains_key(e) => {
+                Err(AmqpError::no_exchange(e, &self.name))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Routes a message through `ex` (following exchange-to-exchange bindings and
+    /// alternate exchanges) and appends each target queue once to `out`.
+    pub fn route(
+        &self,
+        ex: &Exchange,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<QueueHandle>,
+    ) {
+        if ex.name.is_empty() {
+            if let Some(q) = self.queue(routing_key) {
+                out.push(q);
+            }
+            return;
+        }
+        let mut dests: Vec<Destination> = Vec::new();
+        let mut visited: Vec<Arc<str>> = vec![ex.name.clone()];
+        ex.bindings.read().route(routing_key, headers, &mut dests);
+        let mut i = 0;
+        while i < dests.len() {
+            if let Destination::Exchange(name) = &dests[i] {
+                if !visited.iter().any(|v| v == name) {
+                    visited.push(name.clone());
+                    if let Some(next) = self.exchange(name) {
+                        let mut more = Vec::new();
+                        next.bindings.read().route(routing_key, headers, &mut more);
+                        dests.extend(more);
+                    }
+                }
+            }
+            i += 1;
+        }
+        let start = out.len();
+        if dests.iter().any(|d| matches!(d, Destination::Queue(_))) {
+            let queues = self.queues.read();
+            for d in &dests {
+                if let Destination::Queue(name) = d {
+                    if let Some(q) = queues.get(name) {
+                        if !out[start..].iter().any(|o| o.id == q.id) {
+                            out.push(q.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if out.len() == start {
+            self.route_alternate(ex, routing_key, headers, out, &mut visited);
+        }
+    }
+
+    fn route_alternate(
+        &self,
+        ex: &Exchange,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<QueueHandle>,
+        visited: &mut Vec<Arc<str>>,
+    ) {
+        let Some(alt) = alternate_exchange(&ex.arguments) else {
+            return;
+        };
+        if visited.iter().any(|v| **v == *alt) {
+            return;
+        }
+        if let Some(alt_ex) = self.exchange(&alt) {
+            visited.push(alt_ex.name.clone());
+            self.route(&alt_ex, routing_key, headers, out);
+        }
+    }
+}
+
+fn alternate_exchange(args: &FieldTable) -> Option<String> {
+    match args.inner().get("alternate-exchange")? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn new_exchange(
+    name: &str,
+    kind: ExchangeKind,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: FieldTable,
+) -> Exchange {
+    Exchange {
+        name: name.into(),
+        kind,
+        durable,
+        auto_delete,
+        internal,
+        arguments,
+        bindings: RwLock::new(Bindings::new(kind)),
+    }
+}
+
+/// Compares declaration arguments as RabbitMQ does for the ones it checks.
+fn check_args_equivalent(
+    current: &FieldTable,
+    received: &FieldTable,
+    kind: &str,
+    name: &str,
+    vhost: &str,
+) -> AmqpResult<()> {
+    for key in current.inner().keys().chain(received.inner().keys()) {
+        let key = key.as_str();
+        if !key.starts_with("x-") && key != "alternate-exchange" {
+            continue;
+        }
+        let (a, b) = (received.inner().get(key), current.inner().get(key));
+        if !values_equivalent(a, b) {
+            return Err(AmqpError::inequivalent_arg(
+                key,
+                kind,
+                name,
+                vhost,
+                DisplayValue(a),
+                DisplayValue(b),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn values_equivalent(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => match (as_i64(a), as_i64(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == b,
+        },
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn as_i64(v: &AMQPValue) -> Option<i64> {
+    Some(match v {
+        AMQPValue::ShortShortInt(x) => *x as i64,
+        AMQPValue::ShortShortUInt(x) => *x as i64,
+        AMQPValue::ShortInt(x) => *x as i64,
+        AMQPValue::ShortUInt(x) => *x as i64,
+        AMQPValue::LongInt(x) => *x as i64,
+        AMQPValue::LongUInt(x) => *x as i64,
+        AMQPValue::LongLongInt(x) => *x,
+        _ => return None,
+    })
+}
+
+/// Formats an argument value the way RabbitMQ prints it in reply texts.
+struct DisplayValue<'a>(Option<&'a AMQPValue>);
+
+impl std::fmt::Display for DisplayValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("none"),
+            Some(v) => match v {
+                AMQPValue::LongString(s) => write!(f, "{}", String::from_utf8_lossy(s.as_bytes())),
+                AMQPValue::ShortString(s) => f.write_str(s.as_str()),
+                AMQPValue::Boolean(b) => write!(f, "{b}"),
+                other => match as_i64(other) {
+                    Some(i) => write!(f, "{i}"),
+                    None => write!(f, "{other:?}"),
+                },
+            },
+        }
+    }
+}
+
+/// `amq.gen-` followed by 22 URL-safe base64 characters, as RabbitMQ names queues.
+fn generate_queue_name() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let mut name = String::with_capacity(30);
+    name.push_str("amq.gen-");
+    for _ in 0..22 {
+        name.push(ALPHABET[rng.gen_range(0..64)] as char);
+    }
+    name
+}

@@ -1,0 +1,221 @@
+//! `basic.publish`: checks (in RabbitMQ's order), routing, mandatory returns,
+//! direct reply-to, and transactions (`tx.select/commit/rollback`).
+
+use super::{Channel, ConnCtx, UnackedEntry};
+use crate::broker::REPLY_TO_QUEUE;
+use crate::message::Message;
+use crate::protocol::codec::ContentHeader;
+use crate::protocol::{AmqpError, AmqpResult, ReplyCode};
+use crate::queue::{ConfirmTag, ConnEvent, Delivery, Settle};
+use amq_protocol::protocol::{basic, tx, AMQPClass};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Publishes and acks held back until `tx.commit`.
+#[derive(Debug, Default)]
+pub struct TxBuffer {
+    /// Publishes in order.
+    pub publishes: Vec<(basic::Publish, ContentHeader, Bytes)>,
+    /// Settlements in order (entries already removed from the unacked list).
+    pub acked: Vec<UnackedEntry>,
+    /// How each entry of `acked` is settled.
+    pub how: Vec<Settle>,
+}
+
+impl Channel {
+    /// `basic.publish` with its content.
+    pub async fn basic_publish(
+        &mut self,
+        ctx: &mut ConnCtx,
+        p: basic::Publish,
+        header: ContentHeader,
+        body: Bytes,
+    ) -> AmqpResult<()> {
+        let check = self.check_publish(ctx, &p, &header);
+        check.map_err(|e| e.on_method(60, 40))?;
+        if let Some(tx) = self.tx.as_mut() {
+            tx.publishes.push((p, header, body));
+            return Ok(());
+        }
+        self.route_publish(ctx, p, header, body);
+        Ok(())
+    }
+
+    fn check_publish(
+        &self,
+        ctx: &ConnCtx,
+        p: &basic::Publish,
+        header: &ContentHeader,
+    ) -> AmqpResult<()> {
+        if p.immediate {
+            return Err(AmqpError::not_implemented("immediate=true"));
+        }
+        let exchange = p.exchange.as_str();
+        if !exchange.is_empty() {
+            match ctx.vhost.exchange(exchange) {
+                None => return Err(AmqpError::no_exchange(exchange, &ctx.vhost.name)),
+                Some(ex) if ex.internal => {
+                    return Err(AmqpError::access_refused(format_args!(
+                        "cannot publish to internal exchange '{}' in vhost '{}'",
+                        exchange, ctx.vhost.name
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let reply_to = header.properties.reply_to().as_ref().map(|r| r.as_str());
+        if reply_to == Some(REPLY_TO_QUEUE) && self.reply_key.is_none() {
+            return Err(AmqpError::precondition("fast reply consumer does not exist"));
+        }
+        if let Some(user_id) = header.properties.user_id() {
+            if user_id.as_str() != ctx.user.name() {
+                return Err(AmqpError::precondition(format_args!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    user_id.as_str(),
+                    ctx.user.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes one publish and queues it into the per-queue batches.
+    fn route_publish(
+        &mut self,
+        ctx: &mut ConnCtx,
+        p: basic::Publish,
+        mut header: ContentHeader,
+        body: Bytes,
+    ) {
+        let exchange = p.exchange.as_str();
+        let routing_key = p.routing_key.as_str();
+        if header.properties.reply_to().as_ref().map(|r| r.as_str()) == Some(REPLY_TO_QUEUE) {
+            // Direct reply-to: name the caller's pseudo-queue instead.
+            let key = self.reply_key.as_deref().unwrap_or_default();
+            let props = header
+                .properties
+                .clone()
+                .with_reply_to(format!("{REPLY_TO_QUEUE}.{key}").into());
+            header = crate::protocol::codec::content_header(header.body_size, props);
+        }
+        let msg = Message::new(exchange, routing_key, header, body);
+        let seq = self.confirms.as_mut().map(|c| c.next());
+        let confirm = seq.map(|seq| ConfirmTag {
+            chan_key: self.key,
+            seq,
+        });
+
+        let mut routed = 0u32;
+        if exchange.is_empty() && routing_key.starts_with(REPLY_TO_QUEUE) {
+            routed = self.publish_reply(ctx, routing_key, &msg);
+        } else if let Some(ex) = ctx.vhost.exchange(exchange) {
+            let mut targets = std::mem::take(&mut ctx.route_buf);
+            ctx.vhost
+                .route(&ex, routing_key, msg.headers(), &mut targets);
+            routed = targets.len() as u32;
+            for q in targets.drain(..) {
+                ctx.enqueue(&q, msg.clone(), confirm);
+            }
+            ctx.route_buf = targets;
+        }
+
+        if routed == 0 && p.mandatory {
+            ctx.send_method(
+                self.id,
+                &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: ReplyCode::NoRoute as u16,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: p.exchange.clone(),
+                    routing_key: p.routing_key.clone(),
+                })),
+            );
+            ctx.send_content(self.id, &msg);
+        }
+        if let (Some(c), Some(seq)) = (self.confirms.as_mut(), seq) {
+            let direct = exchange.is_empty() && routing_key.starts_with(REPLY_TO_QUEUE);
+            c.expect(seq, if direct { 0 } else { routed });
+            if routed == 0 || direct {
+                c.flush(self.id, ctx);
+            }
+        }
+    }
+
+    /// Delivers a reply straight to the direct reply-to consumer it names.
+    fn publish_reply(&mut self, ctx: &mut ConnCtx, routing_key: &str, msg: &Arc<Message>) -> u32 {
+        let key = routing_key
+            .strip_prefix(REPLY_TO_QUEUE)
+            .and_then(|k| k.strip_prefix('.'))
+            .unwrap_or("");
+        let Some(consumer) = ctx.broker.reply_consumer(key) else {
+            return 0;
+        };
+        consumer
+            .conn
+            .shared
+            .queued_deliveries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent = consumer.conn.tx.send(ConnEvent::Deliver(vec![Delivery {
+            chan_key: consumer.chan_key,
+            consumer_tag: consumer.consumer_tag.clone(),
+            msg: msg.clone(),
+            msg_id: 0,
+            redelivered: false,
+            queue: None,
+            needs_ack: false,
+            counted_global: false,
+        }]));
+        sent.is_ok() as u32
+    }
+
+    /// `tx.select`.
+    pub fn tx_select(&mut self, ctx: &mut ConnCtx) -> AmqpResult<()> {
+        if self.confirms.is_some() {
+            return Err(AmqpError::precondition(
+                "cannot switch from confirm to tx mode",
+            ));
+        }
+        if self.tx.is_none() {
+            self.tx = Some(TxBuffer::default());
+        }
+        ctx.send_method(self.id, &AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+        Ok(())
+    }
+
+    /// `tx.commit`: applies buffered publishes and acks, then replies.
+    pub async fn tx_commit(&mut self, ctx: &mut ConnCtx) -> AmqpResult<()> {
+        let Some(buffer) = self.tx.take() else {
+            return Err(AmqpError::precondition("channel is not transactional"));
+        };
+        self.tx = Some(TxBuffer::default());
+        for (p, header, body) in buffer.publishes {
+            self.route_publish(ctx, p, header, body);
+        }
+        let mut released = 0;
+        for (entry, how) in buffer.acked.into_iter().zip(buffer.how) {
+            released += entry.counted_global as u32;
+            ctx.settle(&entry.queue, self.key, how, entry.msg_id);
+        }
+        self.limiter.release(released);
+        ctx.flush().await;
+        ctx.send_method(self.id, &AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        Ok(())
+    }
+
+    /// `tx.rollback`: drops buffered publishes; buffered acks become unacked again.
+    pub fn tx_rollback(&mut self, ctx: &mut ConnCtx) -> AmqpResult<()> {
+        let Some(buffer) = self.tx.as_mut() else {
+            return Err(AmqpError::precondition("channel is not transactional"));
+        };
+        buffer.publishes.clear();
+        buffer.how.clear();
+        let mut restored: Vec<UnackedEntry> = buffer.acked.drain(..).collect();
+        restored.extend(self.unacked.drain(..));
+        restored.sort_unstable_by_key(|e| e.tag);
+        self.unacked = restored.into();
+        ctx.send_method(
+            self.id,
+            &AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! Queues: a cheap cloneable [`QueueHandle`] and the commands its actor task takes.
+//!
+//! Each queue is one tokio task ([`actor`]) that owns all of its state; nobody
+//! else touches a queue's messages, so publishers and consumers share no lock.
+//! Commands are batch-shaped (a `Publish` carries every message a connection
+//! routed to this queue in one read), and the actor drains its inbox with
+//! `recv_many` so one wake-up serves many commands.
+
+pub mod actor;
+pub mod limiter;
+
+use crate::message::Message;
+use crate::protocol::AmqpResult;
+use amq_protocol::types::FieldTable;
+pub use limiter::{ChannelLimiter, ConnShared};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Unique id of a queue instance (a re-declared queue after deletion gets a new id).
+pub type QueueId = u64;
+
+/// Identifies one opened channel across the whole broker (never reused).
+pub type ChanKey = u64;
+
+/// Static facts about a queue, fixed at declaration.
+#[derive(Debug)]
+pub struct QueueInfo {
+    /// Queue name.
+    pub name: Arc<str>,
+    /// Vhost name.
+    pub vhost: Arc<str>,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Connection id of the exclusive owner.
+    pub exclusive_owner: Option<u64>,
+    /// Deleted when the last consumer goes.
+    pub auto_delete: bool,
+    /// Declaration arguments.
+    pub arguments: FieldTable,
+}
+
+/// A cheap, cloneable reference to a queue actor.
+#[derive(Clone, Debug)]
+pub struct QueueHandle {
+    /// Unique instance id.
+    pub id: QueueId,
+    /// Declaration facts.
+    pub info: Arc<QueueInfo>,
+    tx: mpsc::Sender<QueueCmd>,
+}
+
+impl PartialEq for QueueHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+impl Eq for QueueHandle {}
+
+/// The sending side of a connection's event inbox, as queues see it.
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    /// Connection id (unique per broker run).
+    pub id: u64,
+    /// Event inbox of the connection task.
+    pub tx: mpsc::UnboundedSender<ConnEvent>,
+    /// Counters shared with the connection for backpressure.
+    pub shared: Arc<ConnShared>,
+}
+
+/// One message handed to a consumer.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Channel instance the consumer lives on.
+    pub chan_key: ChanKey,
+    /// Consumer tag (`None` for `basic.get`, which is answered directly).
+    pub consumer_tag: Arc<str>,
+    /// The message.
+    pub msg: Arc<Message>,
+    /// Queue-local message id (for settling).
+    pub msg_id: u64,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// The queue, for acks (`None` for direct reply-to deliveries).
+    pub queue: Option<QueueHandle>,
+    /// Whether the consumer acks (otherwise it was settled on delivery).
+    pub needs_ack: bool,
+    /// Whether this delivery counts against the channel's global prefetch.
+    pub counted_global: bool,
+}
+
+/// A publisher confirm owed for a message.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfirmTag {
+    /// Channel instance that published.
+    pub chan_key: ChanKey,
+    /// Publish sequence number on that channel.
+    pub seq: u64,
+}
+
+/// Events delivered to a connection task.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// Messages for consumers on this connection.
+    Deliver(Vec<Delivery>),
+    /// Queues accepted (`ok`) or refused these publishes.
+    Confirms {
+        /// The confirmed publishes.
+        tags: Vec<ConfirmTag>,
+        /// `false` → basic.nack.
+        ok: bool,
+    },
+    /// The broker cancelled a consumer (its queue was deleted).
+    ConsumerCancelled {
+        /// Channel instance.
+        chan_key: ChanKey,
+        /// The consumer tag.
+        consumer_tag: Arc<str>,
+    },
+    /// Close the connection with 320 CONNECTION_FORCED (shutdown).
+    ForceClose(String),
+}
+
+/// A consumer registration.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Channel instance.
+    pub chan_key: ChanKey,
+    /// Consumer tag.
+    pub tag: Arc<str>,
+    /// Connection to deliver to.
+    pub conn: ConnHandle,
+    /// `no_ack` mode.
+    pub no_ack: bool,
+    /// Per-consumer prefetch (0 = unlimited).
+    pub prefetch: u32,
+    /// Exclusive consumer.
+    pub exclusive: bool,
+    /// Channel limiter (global prefetch, flow).
+    pub limiter: Arc<ChannelLimiter>,
+}
+
+/// How to settle delivered messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// basic.ack.
+    Ack,
+    /// reject/nack/recover with requeue.
+    Requeue,
+    /// reject/nack without requeue (discarded).
+    Discard,
+}
+
+/// What `basic.get` returns.
+#[derive(Debug)]
+pub struct GetResult {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// Queue-local id.
+    pub msg_id: u64,
+    /// Redelivered flag.
+    pub redelivered: bool,
+    /// Messages left in the queue.
+    pub remaining: u32,
+}
+
+/// Commands a queue actor takes.
+#[derive(Debug)]
+pub enum QueueCmd {
+    /// Enqueue messages; confirms go back to `conn`.
+    Publish {
+        /// Messages with the confirm they owe, if any.
+        items: Vec<(Arc<Message>, Option<ConfirmTag>)>,
+        /// Where confirms go.
+        conn: Option<ConnHandle>,
+    },
+    /// Add a consumer.
+    Consume(ConsumerSpec, oneshot::Sender<AmqpResult<()>>),
+    /// Remove a consumer; replies once removed.
+    Cancel(ChanKey, Arc<str>, Option<oneshot::Sender<()>>),
+    /// Settle delivered messages.
+    Settle(ChanKey, Vec<u64>, Settle),
+    /// basic.get.
+    Get {
+        /// Channel instance.
+        chan_key: ChanKey,
+        /// Settle on delivery.
+        no_ack: bool,
+        /// Reply.
+        reply: oneshot::Sender<Option<GetResult>>,
+    },
+    /// (messages ready, consumers).
+    Stats(oneshot::Sender<(u32, u32)>),
+    /// Drop all ready messages; replies with the count.
+    Purge(oneshot::Sender<u32>),
+    /// Stop the actor; replies with the number of messages dropped, or the refusal.
+    Delete {
+        /// Refuse if it has consumers.
+        if_unused: bool,
+        /// Refuse if it has messages.
+        if_empty: bool,
+        /// Reply.
+        reply: oneshot::Sender<AmqpResult<u32>>,
+    },
+    /// A channel closed: drop its consumers and requeue its unacked messages.
+    ChannelClosed(ChanKey),
+    /// Capacity freed somewhere (flow on, global prefetch, connection drained).
+    Wake,
+}
+
+impl QueueHandle {
+    /// Sends a command, waiting for inbox space (backpressure). Returns false if the queue is gone.
+    pub async fn send(&self, cmd: QueueCmd) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+
+    /// Sends without waiting; used where a lost command is harmless (wake-ups).
+    pub fn try_send(&self, cmd: QueueCmd) -> bool {
+        self.tx.try_send(cmd).is_ok()
+    }
+
+    /// Queue name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.info.name
+    }
+
+    /// Asks a question and awaits the answer; `None` if the queue is gone.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> QueueCmd) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(make(tx)).await {
+            return None;
+        }
+        rx.await.ok()
+    }
+}
