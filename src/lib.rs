@@ -23,6 +23,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod protocol;
 pub mod server;
