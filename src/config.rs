@@ -42,7 +42,7 @@ pub enum ConfigError {
 }
 
 /// Root of the configuration file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Directory for definitions, message segments and runtime files.
@@ -58,7 +58,7 @@ pub struct Config {
 }
 
 /// `[amqp]`: listener address and protocol negotiation limits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpConfig {
     /// Listen address.
@@ -82,7 +82,7 @@ pub struct AmqpConfig {
 }
 
 /// `[auth]`: users and loopback restrictions.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Users allowed to connect from loopback addresses only.
@@ -92,7 +92,7 @@ pub struct AuthConfig {
 }
 
 /// One `[[auth.users]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// User name.
@@ -108,7 +108,7 @@ pub struct UserConfig {
 }
 
 /// `[vhosts]`: virtual hosts created at start.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VhostsConfig {
     /// Names of the vhosts.
@@ -116,21 +116,26 @@ pub struct VhostsConfig {
 }
 
 /// `[log]`: logging.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// tracing EnvFilter directive.
     pub level: String,
 }
 
-/// Parses the embedded default file once; it is covered by a unit test.
-fn embedded() -> Config {
-    toml::from_str(DEFAULT_CONFIG_TOML).expect("embedded default config is valid (unit-tested)")
-}
-
+// The code defaults below must equal `config/default.toml`; the unit test
+// `embedded_default_equals_code_defaults` keeps them in step. (`Config::default`
+// cannot parse the embedded file itself: `#[serde(default)]` calls
+// `Default::default()` while deserializing, which would recurse forever.)
 impl Default for Config {
     fn default() -> Self {
-        embedded()
+        Config {
+            data_dir: PathBuf::from("./data"),
+            amqp: AmqpConfig::default(),
+            auth: AuthConfig::default(),
+            vhosts: VhostsConfig::default(),
+            log: LogConfig::default(),
+        }
     }
 }
 impl Default for AmqpConfig {
@@ -179,10 +184,11 @@ impl Default for LogConfig {
 impl Config {
     /// Parses TOML text; `origin` names the file in error messages.
     pub fn from_toml_str(text: &str, origin: Option<&str>) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.map(str::to_owned),
-            message: e.to_string(),
-        })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| ConfigError::Parse {
+                origin: origin.map(str::to_owned),
+                message: describe_parse_error(text, &e),
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -232,11 +238,46 @@ impl Config {
                 }
             }
         }
+        for (i, user) in self.auth.users.iter().enumerate() {
+            if self.auth.users[..i].iter().any(|u| u.name == user.name) {
+                return invalid(
+                    &format!("auth.users[{i}].name"),
+                    format!("user '{}' is defined more than once", user.name),
+                );
+            }
+        }
         if self.vhosts.names.iter().any(|v| v.is_empty()) {
             return invalid("vhosts.names", "a vhost name must not be empty".into());
         }
         Ok(())
     }
+}
+
+/// One line naming the key path, the problem and the position, e.g.
+/// `key 'amqp.port': invalid type: string "abc", expected u16 (line 2, column 8)`.
+/// (toml's own `Display` spans several lines and names the key only in a snippet.)
+fn describe_parse_error(text: &str, err: &serde_path_to_error::Error<toml::de::Error>) -> String {
+    let message = err
+        .inner()
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let path = err.path().to_string();
+    let mut out = if path.is_empty() || path == "." {
+        message
+    } else {
+        format!("key '{path}': {message}")
+    };
+    if let Some(span) = err.inner().span() {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        out.push_str(&format!(" (line {line}, column {column})"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -257,6 +298,13 @@ mod tests {
     }
 
     #[test]
+    fn embedded_default_equals_code_defaults() {
+        let parsed = Config::from_toml_str(DEFAULT_CONFIG_TOML, None).unwrap();
+        assert_eq!(parsed, Config::default());
+        assert_eq!(Config::from_toml_str("", None).unwrap(), Config::default());
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = Config::from_toml_str("[amqp]\nprot = 1\n", Some("x.toml")).unwrap_err();
         let text = err.to_string();
@@ -268,6 +316,38 @@ mod tests {
     fn wrong_type_is_named() {
         let err = Config::from_toml_str("[amqp]\nport = \"abc\"\n", None).unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_with_the_key_path() {
+        let err = Config::from_toml_str("[amqp]\nport = \"abc\"\n", Some("x.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid config in x.toml: key 'amqp.port': invalid type: string \"abc\", expected u16 (line 2, column 8)"
+        );
+        let err = Config::from_toml_str(
+            "[[auth.users]]\nname = 'a'\npassword = 'b'\nvhostz = []\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("invalid config: key 'auth.users[0].vhostz': unknown field `vhostz`"),
+            "{err}"
+        );
+        assert!(err.ends_with("(line 4, column 1)"), "{err}");
+        let err = Config::from_toml_str("[amqp\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_user_rejected() {
+        let text = "[[auth.users]]\nname = 'a'\npassword = 'b'\n[[auth.users]]\nname = 'a'\npassword = 'c'\n";
+        let err = Config::from_toml_str(text, None).unwrap_err();
+        assert!(err.to_string().contains("auth.users[1].name"), "{err}");
     }
 
     #[test]
