@@ -132,12 +132,16 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 /// Compact logs to stderr, filtered by `RUST_LOG` if set, else `log.level`.
 fn init_tracing(config: &Config) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
-            .with_context(|| format!("invalid RUST_LOG '{directives}'"))?,
-        _ => EnvFilter::try_new(&config.log.level)
-            .with_context(|| format!("invalid value for 'log.level': '{}'", config.log.level))?,
-    };
+    // `log.level` is checked even when RUST_LOG replaces it, so a bad file
+    // fails the same way in every environment.
+    let mut filter = EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("invalid value for 'log.level': '{}'", config.log.level))?;
+    if let Ok(directives) = std::env::var("RUST_LOG") {
+        if !directives.trim().is_empty() {
+            filter = EnvFilter::try_new(&directives)
+                .with_context(|| format!("invalid RUST_LOG '{directives}'"))?;
+        }
+    }
     tracing_subscriber::fmt()
         .compact()
         .with_env_filter(filter)
