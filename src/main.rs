@@ -11,7 +11,7 @@
 use anyhow::Context as _;
 use clap::Parser;
 use std::io::IsTerminal as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -177,10 +177,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Install the handlers before the broker is reachable, so a signal sent as
     // soon as "listening" is logged is never handled by the default action.
     let mut signals = Signals::new()?;
-    let bind = SocketAddr::new(config.amqp.bind, config.amqp.port);
-    let running = Server::start(config)
-        .await
-        .map_err(|e| describe_start_error(e, bind))?;
+    let running = Server::start(config).await?;
     info!(protocol = "amqp", "listening on {}", running.amqp_addr());
 
     let name = signals.recv().await;
@@ -192,36 +189,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Names the address when the listener could not be bound:
-/// `cannot listen on 0.0.0.0:5672: Address already in use`.
-fn describe_start_error(e: anyhow::Error, bind: SocketAddr) -> anyhow::Error {
-    let bind_failure = e
-        .chain()
-        .filter_map(|c| c.downcast_ref::<std::io::Error>())
-        .find(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
-            )
-        });
-    let text = format!("{e:#}");
-    match bind_failure {
-        Some(io) if !text.contains("listen") => {
-            anyhow::anyhow!("cannot listen on {bind}: {}", without_os_error(io))
-        }
-        _ => e,
-    }
-}
-
-/// `Address already in use (os error 98)` → `Address already in use`.
-fn without_os_error(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.rfind(" (os error ") {
-        Some(i) if text.ends_with(')') => text[..i].to_owned(),
-        _ => text,
-    }
 }
 
 /// SIGINT and SIGTERM, whichever comes first.
@@ -272,18 +239,5 @@ mod tests {
         assert_eq!(config.amqp.port, 5673);
         assert_eq!(config.amqp.bind, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
-    }
-
-    #[test]
-    fn bind_errors_name_the_address() {
-        let io = std::io::Error::from_raw_os_error(98);
-        let addr: SocketAddr = "0.0.0.0:5672".parse().unwrap();
-        let e = describe_start_error(io.into(), addr);
-        assert_eq!(
-            e.to_string(),
-            "cannot listen on 0.0.0.0:5672: Address already in use"
-        );
-        let other = describe_start_error(anyhow::anyhow!("disk on fire"), addr);
-        assert_eq!(other.to_string(), "disk on fire");
     }
 }

@@ -67,7 +67,6 @@ impl Message {
 
     /// A header value by name.
     pub fn header(&self, name: &str) -> Option<&AMQPValue> {
-        self.headers()
-            .and_then(|h| h.inner().get(name))
+        self.headers().and_then(|h| h.inner().get(name))
     }
 }

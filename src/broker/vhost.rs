@@ -107,7 +107,17 @@ impl VHost {
                 ("amq.headers", ExchangeKind::Headers),
                 ("amq.match", ExchangeKind::Headers),
             ] {
-                ex.insert(n.into(), Arc::new(new_exchange(n, k, true, false, false, FieldTable::default())));
+                ex.insert(
+                    n.into(),
+                    Arc::new(new_exchange(
+                        n,
+                        k,
+                        true,
+                        false,
+                        false,
+                        FieldTable::default(),
+                    )),
+                );
             }
         }
         vhost
@@ -182,11 +192,12 @@ impl VHost {
         kind: ExchangeKind,
         d: &ExchangeDecl,
     ) -> AmqpResult<()> {
-        let ineq = |arg: &str, received: &dyn std::fmt::Display, current: &dyn std::fmt::Display| {
-            Err(AmqpError::inequivalent_arg(
-                arg, "exchange", &d.name, &self.name, received, current,
-            ))
-        };
+        let ineq =
+            |arg: &str, received: &dyn std::fmt::Display, current: &dyn std::fmt::Display| {
+                Err(AmqpError::inequivalent_arg(
+                    arg, "exchange", &d.name, &self.name, received, current,
+                ))
+            };
         if ex.kind != kind {
             return ineq("type", &kind.as_str(), &ex.kind.as_str());
         }
@@ -320,7 +331,13 @@ impl VHost {
         if info.auto_delete != d.auto_delete {
             return ineq("auto_delete", d.auto_delete, info.auto_delete);
         }
-        check_args_equivalent(&info.arguments, &d.arguments, "queue", &info.name, &self.name)
+        check_args_equivalent(
+            &info.arguments,
+            &d.arguments,
+            "queue",
+            &info.name,
+            &self.name,
+        )
     }
 
     /// 405 if `q` is exclusive to another connection.
@@ -414,8 +431,7 @@ impl VHost {
     ) -> AmqpResult<()> {
         let ex = self.bindable_source(source)?;
         self.check_destination(&dest)?;
-        Bindings::<Destination>::validate_args(ex.kind, args)
-            .map_err(AmqpError::precondition)?;
+        Bindings::<Destination>::validate_args(ex.kind, args).map_err(AmqpError::precondition)?;
         ex.bindings.write().bind(dest, routing_key, args);
         Ok(())
     }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 /// Confirm-mode state of a channel.
 #[derive(Debug, Default)]
 pub struct Confirms {
-    next_seq: u64,
+    last_seq: u64,
     /// seq → queues that still have to accept it.
     outstanding: BTreeMap<u64, u32>,
     /// Seqs completed since the last flush of acks.
@@ -23,9 +23,9 @@ pub struct Confirms {
 
 impl Confirms {
     /// Allocates the next publish sequence number (starting at 1).
-    pub fn next(&mut self) -> u64 {
-        self.next_seq += 1;
-        self.next_seq
+    pub fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
     }
 
     /// Records that `seq` waits for `queues` acceptances (0 = confirm at once).

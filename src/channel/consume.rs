@@ -11,12 +11,6 @@ use std::sync::Arc;
 impl Channel {
     /// `basic.qos`.
     pub fn basic_qos(&mut self, ctx: &mut ConnCtx, q: basic::Qos) -> AmqpResult<()> {
-        if q.prefetch_size != 0 {
-            return Err(AmqpError::not_implemented(format_args!(
-                "prefetch_size!=0 ({})",
-                q.prefetch_size
-            )));
-        }
         if q.global {
             self.limiter.global_prefetch.store(
                 q.prefetch_count as u32,
@@ -26,7 +20,10 @@ impl Channel {
         } else {
             self.consumer_prefetch = q.prefetch_count as u32;
         }
-        ctx.send_method(self.id, &AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+        ctx.send_method(
+            self.id,
+            &AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        );
         Ok(())
     }
 
@@ -253,7 +250,12 @@ impl Channel {
     }
 
     /// `basic.recover` / `recover-async`: every unacked message goes back to its queue.
-    pub fn basic_recover(&mut self, ctx: &mut ConnCtx, _requeue: bool, reply: bool) -> AmqpResult<()> {
+    pub fn basic_recover(
+        &mut self,
+        ctx: &mut ConnCtx,
+        _requeue: bool,
+        reply: bool,
+    ) -> AmqpResult<()> {
         // RabbitMQ requeues in both cases (requeue=false is not supported as redelivery to the same consumer).
         let entries: Vec<UnackedEntry> = self.unacked.drain(..).collect();
         let mut released = 0;

@@ -11,7 +11,9 @@ use crate::broker::{Broker, VHost};
 use crate::connection::writer::Outbox;
 use crate::message::Message;
 use crate::protocol::codec;
-use crate::queue::{ChanKey, ConfirmTag, ConnEvent, ConnHandle, QueueCmd, QueueHandle, Settle};
+use crate::queue::{
+    ChanKey, ConfirmTag, ConnEvent, ConnHandle, PublishBatch, QueueCmd, QueueHandle, Settle,
+};
 use amq_protocol::protocol::AMQPClass;
 use std::sync::Arc;
 
@@ -36,7 +38,7 @@ pub struct ConnCtx {
     pub max_message_size: u64,
     /// Reused buffer for routing results.
     pub route_buf: Vec<QueueHandle>,
-    publishes: Vec<(QueueHandle, Vec<(Arc<Message>, Option<ConfirmTag>)>)>,
+    publishes: Vec<(QueueHandle, PublishBatch)>,
     settles: Vec<(QueueHandle, ChanKey, Settle, Vec<u64>)>,
 }
 

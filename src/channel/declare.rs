@@ -33,7 +33,8 @@ impl Channel {
 
     /// `exchange.delete`.
     pub fn exchange_delete(&mut self, ctx: &mut ConnCtx, d: exchange::Delete) -> AmqpResult<()> {
-        ctx.vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+        ctx.vhost
+            .delete_exchange(d.exchange.as_str(), d.if_unused)?;
         if !d.nowait {
             ctx.send_method(
                 self.id,

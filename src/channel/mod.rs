@@ -16,7 +16,9 @@ pub mod publish;
 use crate::protocol::assembler::{Assembler, Command};
 use crate::protocol::{AmqpError, AmqpResult};
 use crate::queue::{ChanKey, ChannelLimiter, Delivery, QueueCmd, QueueHandle};
-use amq_protocol::protocol::{basic, channel, confirm as confirm_class, exchange, queue, tx, AMQPClass};
+use amq_protocol::protocol::{
+    basic, channel, confirm as confirm_class, exchange, queue, tx, AMQPClass,
+};
 pub use ctx::ConnCtx;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -97,9 +99,7 @@ impl Channel {
     /// Handles one assembled command.
     pub async fn handle(&mut self, ctx: &mut ConnCtx, cmd: Command) -> AmqpResult<()> {
         match cmd {
-            Command::Publish(p, header, body) => {
-                self.basic_publish(ctx, *p, *header, body).await
-            }
+            Command::Publish(p, header, body) => self.basic_publish(ctx, *p, *header, body).await,
             Command::Method(m) => {
                 let (class_id, method_id) = (m.get_amqp_class_id(), m.get_amqp_method_id());
                 // Anything but a publish or an ack must observe earlier publishes and acks.
@@ -127,9 +127,9 @@ impl Channel {
                 Ok(())
             }
             AMQPClass::Channel(channel::AMQPMethod::FlowOk(_)) => Ok(()),
-            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => Err(AmqpError::channel_error(
-                "second 'channel.open' seen",
-            )),
+            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                Err(AmqpError::channel_error("second 'channel.open' seen"))
+            }
             AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => self.exchange_declare(ctx, d),
             AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => self.exchange_delete(ctx, d),
             AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => self.exchange_bind(ctx, b),

@@ -65,7 +65,9 @@ impl Channel {
         }
         let reply_to = header.properties.reply_to().as_ref().map(|r| r.as_str());
         if reply_to == Some(REPLY_TO_QUEUE) && self.reply_key.is_none() {
-            return Err(AmqpError::precondition("fast reply consumer does not exist"));
+            return Err(AmqpError::precondition(
+                "fast reply consumer does not exist",
+            ));
         }
         if let Some(user_id) = header.properties.user_id() {
             if user_id.as_str() != ctx.user.name() {
@@ -99,7 +101,7 @@ impl Channel {
             header = crate::protocol::codec::content_header(header.body_size, props);
         }
         let msg = Message::new(exchange, routing_key, header, body);
-        let seq = self.confirms.as_mut().map(|c| c.next());
+        let seq = self.confirms.as_mut().map(|c| c.next_seq());
         let confirm = seq.map(|seq| ConfirmTag {
             chan_key: self.key,
             seq,
@@ -177,7 +179,10 @@ impl Channel {
         if self.tx.is_none() {
             self.tx = Some(TxBuffer::default());
         }
-        ctx.send_method(self.id, &AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+        ctx.send_method(
+            self.id,
+            &AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+        );
         Ok(())
     }
 
@@ -197,7 +202,10 @@ impl Channel {
         }
         self.limiter.release(released);
         ctx.flush().await;
-        ctx.send_method(self.id, &AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        ctx.send_method(
+            self.id,
+            &AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+        );
         Ok(())
     }
 

@@ -93,7 +93,11 @@ async fn exchange(
 
     let start_ok = match io.expect_method().await? {
         AMQPClass::Connection(connection::AMQPMethod::StartOk(s)) => s,
-        _ => return io.fail(AmqpError::command_invalid("expected 'connection.start_ok'")).await,
+        _ => {
+            return io
+                .fail(AmqpError::command_invalid("expected 'connection.start_ok'"))
+                .await
+        }
     };
     let caps = match start_ok.client_properties.inner().get("capabilities") {
         Some(AMQPValue::FieldTable(t)) => t.clone(),
@@ -107,51 +111,64 @@ async fn exchange(
         Ok(user) => user,
         Err(e) => {
             warn!(reason = %e.log_text(mechanism), "authentication failed");
-            if e.is_refusal() && !e.sends_close(cap("authentication_failure_close")) {
-                return None;
+            if e.sends_close(cap("authentication_failure_close")) {
+                return io.fail(e.to_amqp_error(mechanism)).await;
             }
-            return io.fail(e.to_amqp_error(mechanism)).await;
+            // RabbitMQ closes the socket without a reason, after a delay that
+            // slows down password guessing.
+            tokio::time::sleep(auth::SILENT_CLOSE_DELAY).await;
+            return None;
         }
     };
 
     let offered_frame_max = cfg.frame_max;
-    io.send(&AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-        channel_max: cfg.channel_max,
-        frame_max: offered_frame_max,
-        heartbeat: cfg.heartbeat,
-    })))
+    io.send(&AMQPClass::Connection(connection::AMQPMethod::Tune(
+        connection::Tune {
+            channel_max: cfg.channel_max,
+            frame_max: offered_frame_max,
+            heartbeat: cfg.heartbeat,
+        },
+    )))
     .await?;
     let tune_ok = match io.expect_method().await? {
         AMQPClass::Connection(connection::AMQPMethod::TuneOk(t)) => t,
-        _ => return io.fail(AmqpError::command_invalid("expected 'connection.tune_ok'")).await,
+        _ => {
+            return io
+                .fail(AmqpError::command_invalid("expected 'connection.tune_ok'"))
+                .await
+        }
     };
     let channel_max = negotiate(tune_ok.channel_max as u32, cfg.channel_max as u32) as u16;
     let frame_max = negotiate(tune_ok.frame_max, offered_frame_max);
     if frame_max < 4096 {
-        return io
-            .fail(AmqpError::not_allowed(format_args!(
-                "frame_max={frame_max} < 4096 min size"
-            )))
-            .await;
+        let e = AmqpError::not_allowed(format_args!("frame_max={frame_max} < 4096 min size"));
+        return io.fail(e).await;
     }
     if offered_frame_max != 0 && tune_ok.frame_max > offered_frame_max {
-        return io
-            .fail(AmqpError::not_allowed(format_args!(
-                "frame_max={} > {} max size",
-                tune_ok.frame_max, offered_frame_max
-            )))
-            .await;
+        let e = AmqpError::not_allowed(format_args!(
+            "frame_max={} > {} max size",
+            tune_ok.frame_max, offered_frame_max
+        ));
+        return io.fail(e).await;
     }
     io.frame_max = frame_max;
 
     let open = match io.expect_method().await? {
         AMQPClass::Connection(connection::AMQPMethod::Open(o)) => o,
-        _ => return io.fail(AmqpError::command_invalid("expected 'connection.open'")).await,
+        _ => {
+            return io
+                .fail(AmqpError::command_invalid("expected 'connection.open'"))
+                .await
+        }
     };
     let vhost_name = open.virtual_host.as_str();
     let vhost = match broker.vhost(vhost_name) {
         Some(v) => v,
-        None => return io.fail(auth::vhost_access_refused(vhost_name, user.name())).await,
+        None => {
+            return io
+                .fail(auth::vhost_access_refused(vhost_name, user.name()))
+                .await
+        }
     };
     if let Err(e) = users.check_vhost_access(&user, vhost_name) {
         return io.fail(e).await;
@@ -201,7 +218,10 @@ fn start_method(broker: &Broker) -> AMQPClass {
         "cluster_name".into(),
         long(&format!("warrenmq@{}", hostname())),
     );
-    props.insert("copyright".into(), long("Copyright (c) the WarrenMQ authors"));
+    props.insert(
+        "copyright".into(),
+        long("Copyright (c) the WarrenMQ authors"),
+    );
     props.insert(
         "information".into(),
         long("Licensed under the MIT license. An AMQP 0-9-1 broker for RabbitMQ clients."),

@@ -60,7 +60,10 @@ pub async fn serve(
         let span = tracing::Span::current();
         span.record("user", neg.user.name());
         span.record("vhost", &*neg.vhost.name);
-        info!(name = neg.client_name.as_deref().unwrap_or(""), "connection opened");
+        info!(
+            name = neg.client_name.as_deref().unwrap_or(""),
+            "connection opened"
+        );
         let (events_tx, events) = mpsc::unbounded_channel();
         let conn = ConnHandle {
             id,
@@ -223,10 +226,8 @@ impl Connection {
             return self.channel_zero(frame).await;
         }
         if let Frame::Heartbeat(_) = frame {
-            self.close_connection(AmqpError::frame_error(format_args!(
-                "heartbeat frame on channel {ch}"
-            )))
-            .await;
+            let e = AmqpError::frame_error(format_args!("heartbeat frame on channel {ch}"));
+            self.close_connection(e).await;
             return Flow::Continue;
         }
         let Some(chan) = self.channels.get_mut(&ch) else {
@@ -282,14 +283,12 @@ impl Connection {
             return Flow::Continue;
         }
         if ch > self.channel_max {
-            self.close_connection(
-                AmqpError::channel_error(format_args!(
-                    "channel number {ch} exceeds negotiated channel_max {}",
-                    self.channel_max
-                ))
-                .on_method(20, 10),
-            )
-            .await;
+            let e = AmqpError::channel_error(format_args!(
+                "channel number {ch} exceeds negotiated channel_max {}",
+                self.channel_max
+            ))
+            .on_method(20, 10);
+            self.close_connection(e).await;
             return Flow::Continue;
         }
         let key = self.ctx.broker.ids.next();
@@ -323,9 +322,7 @@ impl Connection {
                     );
                     Flow::Stop("client closed the connection")
                 }
-                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
-                    Flow::Stop("close-ok")
-                }
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Flow::Stop("close-ok"),
                 AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
                     self.ctx.send_method(
                         0,
@@ -349,10 +346,8 @@ impl Connection {
                 }
             },
             Frame::Header(..) | Frame::Body(..) => {
-                self.close_connection(AmqpError::unexpected_frame(
-                    "content frame on channel 0",
-                ))
-                .await;
+                self.close_connection(AmqpError::unexpected_frame("content frame on channel 0"))
+                    .await;
                 Flow::Continue
             }
         }
@@ -450,7 +445,11 @@ impl Connection {
                         .and_then(|ch| self.channels.get_mut(ch))
                     {
                         if !chan.closing {
-                            chan.confirmed(&mut self.ctx, tags[i..i + run].iter().map(|t| t.seq), ok);
+                            chan.confirmed(
+                                &mut self.ctx,
+                                tags[i..i + run].iter().map(|t| t.seq),
+                                ok,
+                            );
                         }
                     }
                     i += run;

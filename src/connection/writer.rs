@@ -38,7 +38,9 @@ impl Outbox {
 
     /// Appends the body frames of a message, split at `frame_max`.
     pub fn push_body(&mut self, channel: u16, body: &Bytes, frame_max: u32) {
-        let max_payload = (frame_max as usize).saturating_sub(codec::FRAME_OVERHEAD).max(1);
+        let max_payload = (frame_max as usize)
+            .saturating_sub(codec::FRAME_OVERHEAD)
+            .max(1);
         let mut offset = 0;
         while offset < body.len() {
             let end = (offset + max_payload).min(body.len());

@@ -177,12 +177,14 @@ mod tests {
     fn publish() -> Frame {
         Frame::Method(
             1,
-            Box::new(AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-                exchange: "".into(),
-                routing_key: "q".into(),
-                mandatory: false,
-                immediate: false,
-            }))),
+            Box::new(AMQPClass::Basic(basic::AMQPMethod::Publish(
+                basic::Publish {
+                    exchange: "".into(),
+                    routing_key: "q".into(),
+                    mandatory: false,
+                    immediate: false,
+                },
+            ))),
         )
     }
 

@@ -108,7 +108,10 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
             let class = decode_method(&payload)?;
             Ok(Some(Frame::Method(channel, Box::new(class))))
         }
-        FRAME_HEADER => Ok(Some(Frame::Header(channel, Box::new(decode_header(payload)?)))),
+        FRAME_HEADER => Ok(Some(Frame::Header(
+            channel,
+            Box::new(decode_header(payload)?),
+        ))),
         FRAME_BODY => Ok(Some(Frame::Body(channel, payload))),
         _ => Ok(Some(Frame::Heartbeat(channel))),
     }
@@ -142,14 +145,33 @@ fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
 /// Whether (class, method) names a method of AMQP 0-9-1 with RabbitMQ's extensions.
 fn is_known_method(class_id: u16, method_id: u16) -> bool {
     match class_id {
-        10 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61),
+        10 => matches!(
+            method_id,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61
+        ),
         20 => matches!(method_id, 10 | 11 | 20 | 21 | 40 | 41),
         30 => matches!(method_id, 10 | 11),
         40 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
         50 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51),
         60 => matches!(
             method_id,
-            10 | 11 | 20 | 21 | 30 | 31 | 40 | 50 | 60 | 70 | 71 | 72 | 80 | 90 | 100 | 110 | 111 | 120
+            10 | 11
+                | 20
+                | 21
+                | 30
+                | 31
+                | 40
+                | 50
+                | 60
+                | 70
+                | 71
+                | 72
+                | 80
+                | 90
+                | 100
+                | 110
+                | 111
+                | 120
         ),
         85 => matches!(method_id, 10 | 11),
         90 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31),
@@ -165,18 +187,17 @@ fn decode_header(payload: Bytes) -> Result<ContentHeader, AmqpError> {
     let class_id = u16::from_be_bytes([payload[0], payload[1]]);
     let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes checked"));
     let raw_properties = payload.slice(12..);
-    let properties = match nom::combinator::all_consuming(
-        amq_protocol::protocol::basic::parse_properties,
-    )
-    .parse(&raw_properties[..])
-    {
-        Ok((_, p)) => p,
-        Err(_) => {
-            return Err(AmqpError::syntax_error(
-                "malformed content header properties",
-            ))
-        }
-    };
+    let properties =
+        match nom::combinator::all_consuming(amq_protocol::protocol::basic::parse_properties)
+            .parse(&raw_properties[..])
+        {
+            Ok((_, p)) => p,
+            Err(_) => {
+                return Err(AmqpError::syntax_error(
+                    "malformed content header properties",
+                ))
+            }
+        };
     Ok(ContentHeader {
         class_id,
         body_size,

@@ -9,7 +9,7 @@
 
 use super::limiter::Credit;
 use super::{
-    ChanKey, ConfirmTag, ConnEvent, ConnHandle, ConsumerSpec, Delivery, GetResult, QueueCmd,
+    ChanKey, ConnEvent, ConnHandle, ConsumerSpec, Delivery, GetResult, PublishBatch, QueueCmd,
     QueueHandle, QueueInfo, Settle,
 };
 use crate::message::Message;
@@ -170,7 +170,7 @@ impl Queue {
         Flow::Continue
     }
 
-    fn publish(&mut self, items: Vec<(Arc<Message>, Option<ConfirmTag>)>, conn: Option<ConnHandle>) {
+    fn publish(&mut self, items: PublishBatch, conn: Option<ConnHandle>) {
         let mut confirms = Vec::new();
         for (msg, confirm) in items {
             let id = self.next_id;
@@ -343,7 +343,9 @@ impl Queue {
                 );
             }
             let conn = &c.spec.conn;
-            conn.shared.queued_deliveries.fetch_add(1, Ordering::Relaxed);
+            conn.shared
+                .queued_deliveries
+                .fetch_add(1, Ordering::Relaxed);
             match out.iter_mut().find(|(h, _)| h.id == conn.id) {
                 Some((_, v)) => v.push(delivery),
                 None => out.push((conn.clone(), vec![delivery])),

@@ -163,13 +163,16 @@ pub struct GetResult {
     pub remaining: u32,
 }
 
+/// A batch of messages for one queue, each with the confirm it owes.
+pub type PublishBatch = Vec<(Arc<Message>, Option<ConfirmTag>)>;
+
 /// Commands a queue actor takes.
 #[derive(Debug)]
 pub enum QueueCmd {
     /// Enqueue messages; confirms go back to `conn`.
     Publish {
         /// Messages with the confirm they owe, if any.
-        items: Vec<(Arc<Message>, Option<ConfirmTag>)>,
+        items: PublishBatch,
         /// Where confirms go.
         conn: Option<ConnHandle>,
     },

@@ -33,13 +33,22 @@ pub struct RunningServer {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {}", without_os_error(source))]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// `Address already in use (os error 98)` → `Address already in use`.
+fn without_os_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_owned(),
+        _ => text,
+    }
 }
 
 impl Server {
@@ -50,7 +59,9 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        let amqp_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let amqp_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
         let users = Arc::new(UserStore::from_config(&config.auth));
         let broker = Broker::new(config.clone());
         let shutdown = CancellationToken::new();
