@@ -140,16 +140,13 @@ async fn exchange(
     };
     let channel_max = negotiate(tune_ok.channel_max as u32, cfg.channel_max as u32) as u16;
     let frame_max = negotiate(tune_ok.frame_max, offered_frame_max);
-    if frame_max < 4096 {
-        let e = AmqpError::not_allowed(format_args!("frame_max={frame_max} < 4096 min size"));
-        return io.fail(e).await;
-    }
-    if offered_frame_max != 0 && tune_ok.frame_max > offered_frame_max {
-        let e = AmqpError::not_allowed(format_args!(
-            "frame_max={} > {} max size",
-            tune_ok.frame_max, offered_frame_max
-        ));
-        return io.fail(e).await;
+    if frame_max < 4096 || (offered_frame_max != 0 && tune_ok.frame_max > offered_frame_max) {
+        // RabbitMQ drops the socket without a reason for an out-of-range frame_max.
+        warn!(
+            frame_max = tune_ok.frame_max,
+            "client tuned an unacceptable frame_max, closing"
+        );
+        return None;
     }
     io.frame_max = frame_max;
 
@@ -162,13 +159,9 @@ async fn exchange(
         }
     };
     let vhost_name = open.virtual_host.as_str();
-    let vhost = match broker.vhost(vhost_name) {
-        Some(v) => v,
-        None => {
-            return io
-                .fail(auth::vhost_access_refused(vhost_name, user.name()))
-                .await
-        }
+    let Some(vhost) = broker.vhost(vhost_name) else {
+        let e = AmqpError::not_allowed(format_args!("vhost {vhost_name} not found"));
+        return io.fail(e).await;
     };
     if let Err(e) = users.check_vhost_access(&user, vhost_name) {
         return io.fail(e).await;

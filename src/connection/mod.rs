@@ -282,9 +282,10 @@ impl Connection {
                 .await;
             return Flow::Continue;
         }
-        if ch > self.channel_max {
-            let e = AmqpError::channel_error(format_args!(
-                "channel number {ch} exceeds negotiated channel_max {}",
+        if self.channel_max != 0 && self.channels.len() >= self.channel_max as usize {
+            let e = AmqpError::not_allowed(format_args!(
+                "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                self.channels.len(),
                 self.channel_max
             ))
             .on_method(20, 10);

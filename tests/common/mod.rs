@@ -57,8 +57,18 @@ impl Target {
             Some((h, p)) => (h.to_string(), p.parse().expect("port in WARRENMQ_TEST_URL")),
             None => (hostport.to_string(), 5672),
         };
-        let vhost = if path.is_empty() { "/".into() } else { percent_decode(path) };
-        Target { host, port, user, password, vhost }
+        let vhost = if path.is_empty() {
+            "/".into()
+        } else {
+            percent_decode(path)
+        };
+        Target {
+            host,
+            port,
+            user,
+            password,
+            vhost,
+        }
     }
 }
 
@@ -115,7 +125,12 @@ impl TestBroker {
                 .expect("resolve WARRENMQ_TEST_URL host")
                 .next()
                 .expect("WARRENMQ_TEST_URL host has an address");
-            return TestBroker { addr, target, running: None, _data_dir: None };
+            return TestBroker {
+                addr,
+                target,
+                running: None,
+                _data_dir: None,
+            };
         }
         let dir = tempfile::TempDir::new().expect("temp data dir");
         let mut config = warrenmq::Config::default();
@@ -123,7 +138,9 @@ impl TestBroker {
         config.amqp.port = 0;
         config.data_dir = dir.path().to_path_buf();
         f(&mut config);
-        let running = warrenmq::Server::start(config).await.expect("start WarrenMQ");
+        let running = warrenmq::Server::start(config)
+            .await
+            .expect("start WarrenMQ");
         let addr = running.amqp_addr();
         let target = Target {
             host: addr.ip().to_string(),
@@ -132,7 +149,12 @@ impl TestBroker {
             password: "guest".into(),
             vhost: "/".into(),
         };
-        TestBroker { addr, target, running: Some(running), _data_dir: Some(dir) }
+        TestBroker {
+            addr,
+            target,
+            running: Some(running),
+            _data_dir: Some(dir),
+        }
     }
 
     /// True when testing an external broker (RabbitMQ) instead of WarrenMQ.
@@ -173,7 +195,10 @@ impl TestBroker {
     /// A new amqprs connection plus the stream of server-initiated connection events.
     pub async fn amqprs_with_events(
         &self,
-    ) -> (amqprs::connection::Connection, tokio::sync::mpsc::UnboundedReceiver<ConnEvent>) {
+    ) -> (
+        amqprs::connection::Connection,
+        tokio::sync::mpsc::UnboundedReceiver<ConnEvent>,
+    ) {
         let args = amqprs::connection::OpenConnectionArguments::new(
             &self.target.host,
             self.target.port,
@@ -182,9 +207,13 @@ impl TestBroker {
         )
         .virtual_host(&self.target.vhost)
         .finish();
-        let conn = amqprs::connection::Connection::open(&args).await.expect("amqprs connect");
+        let conn = amqprs::connection::Connection::open(&args)
+            .await
+            .expect("amqprs connect");
         let (cb, rx) = RecordingConnectionCallback::new();
-        conn.register_callback(cb).await.expect("register connection callback");
+        conn.register_callback(cb)
+            .await
+            .expect("register connection callback");
         (conn, rx)
     }
 
