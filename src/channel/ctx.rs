@@ -40,6 +40,8 @@ pub struct ConnCtx {
     pub route_buf: Vec<QueueHandle>,
     publishes: Vec<(QueueHandle, PublishBatch)>,
     settles: Vec<(QueueHandle, ChanKey, Settle, Vec<u64>)>,
+    /// A queue this connection published to that asked publishers to pause.
+    pub congested: Option<QueueHandle>,
 }
 
 impl ConnCtx {
@@ -65,6 +67,7 @@ impl ConnCtx {
             route_buf: Vec::new(),
             publishes: Vec::new(),
             settles: Vec::new(),
+            congested: None,
         }
     }
 
@@ -117,6 +120,9 @@ impl ConnCtx {
                     conn: Some(self.conn.clone()),
                 })
                 .await;
+            if queue.gauge.congested() {
+                self.congested = Some(queue.clone());
+            }
             if !delivered && !tags.is_empty() {
                 // The queue was deleted after routing: RabbitMQ confirms such messages.
                 let _ = self.conn.tx.send(ConnEvent::Confirms { tags, ok: true });

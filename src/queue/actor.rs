@@ -66,10 +66,13 @@ struct Queue {
 /// Starts a queue task and returns its handle.
 pub fn spawn(id: super::QueueId, info: QueueInfo, on_auto_delete: OnAutoDelete) -> QueueHandle {
     let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+    let (ctl, ctl_rx) = mpsc::unbounded_channel();
     let handle = QueueHandle {
         id,
         info: Arc::new(info),
         tx,
+        ctl,
+        gauge: Arc::new(super::QueueGauge::default()),
     };
     let span = tracing::info_span!("queue", vhost = %handle.info.vhost, name = %handle.info.name);
     let queue = Queue {
@@ -82,7 +85,7 @@ pub fn spawn(id: super::QueueId, info: QueueInfo, on_auto_delete: OnAutoDelete) 
         had_consumer: false,
         on_auto_delete: Some(on_auto_delete),
     };
-    tokio::spawn(queue.run(rx).instrument(span));
+    tokio::spawn(queue.run(rx, ctl_rx).instrument(span));
     handle
 }
 
@@ -92,13 +95,26 @@ enum Flow {
 }
 
 impl Queue {
-    async fn run(mut self, mut rx: mpsc::Receiver<QueueCmd>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<QueueCmd>,
+        mut ctl: mpsc::UnboundedReceiver<QueueCmd>,
+    ) {
         debug!("queue started");
         let mut batch = Vec::with_capacity(64);
+        let mut control = Vec::with_capacity(256);
         loop {
-            if rx.recv_many(&mut batch, 64).await == 0 {
+            // Control first: acks free consumer credit, which is what lets the
+            // backlog of publishes drain.
+            let n = tokio::select! {
+                biased;
+                n = ctl.recv_many(&mut control, 256) => n,
+                n = rx.recv_many(&mut batch, 16) => n,
+            };
+            if n == 0 {
                 break;
             }
+            batch.append(&mut control);
             for cmd in batch.drain(..) {
                 if let Flow::Stop = self.handle(cmd) {
                     debug!("queue stopped");
@@ -106,6 +122,7 @@ impl Queue {
                 }
             }
             self.dispatch();
+            self.me.gauge.update(self.ready.len(), self.consumers.len());
             if self.should_auto_delete() {
                 self.auto_delete();
                 return;

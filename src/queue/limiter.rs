@@ -139,7 +139,6 @@ fn push_unique(waiting: &mut Vec<QueueHandle>, queue: &QueueHandle) {
 fn wake_all(waiting: &Mutex<Vec<QueueHandle>>) {
     let queues = std::mem::take(&mut *waiting.lock());
     for q in queues {
-        // A full inbox means the queue is busy and will dispatch after its batch anyway.
-        q.try_send(QueueCmd::Wake);
+        q.send_control(QueueCmd::Wake);
     }
 }
