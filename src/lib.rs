@@ -26,6 +26,7 @@
 pub mod config;
 pub mod protocol;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use server::{RunningServer, Server};
