@@ -806,3 +806,6 @@ fn cmd_bytes(cmd: &StoreCmd) -> usize {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests;
