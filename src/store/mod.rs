@@ -1,7 +1,7 @@
 //! # Durable message store
 //!
 //! Owns all message-store file I/O, on **one dedicated OS thread** (`std::fs`, never `tokio::fs`)
-//! fed by an unbounded channel of [`StoreCmd`]s. Each durable queue has a directory of
+//! fed by an unbounded channel of `StoreCmd`s. Each durable queue has a directory of
 //! append-only, checksummed segment files plus per-segment ack files; the format is in
 //! `docs/storage-format.md`.
 //!
