@@ -176,6 +176,9 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<Vec<u8>> {
 }
 
 /// Starts a manual-ack consumer with a server-generated tag.
+///
+/// Keep the returned `Consumer` alive (`let _c = ...`): lapin cancels the
+/// consumer when it is dropped.
 pub async fn consume(ch: &Channel, queue: &str) -> Consumer {
     consume_opts(ch, queue, BasicConsumeOptions::default()).await
 }
