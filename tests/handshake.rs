@@ -380,6 +380,53 @@ async fn server_sends_heartbeats_at_the_negotiated_interval() {
     broker.shutdown().await;
 }
 
+/// With heartbeat 1 s negotiated, a client that sends nothing is dropped after
+/// a couple of missed intervals (RabbitMQ closes the socket without a close
+/// method and logs "missed heartbeats from client").
+#[tokio::test]
+async fn server_drops_a_client_that_sends_no_heartbeats() {
+    let broker = TestBroker::start().await;
+    let mut c = RawConn::connect(&broker).await;
+    c.start().await;
+    c.start_ok(&broker.target.user, &broker.target.password).await;
+    let tune = c.read_tune().await;
+    c.tune_ok(Tune { heartbeat: 1, ..tune }).await;
+    c.open(&broker.target.vhost).await;
+    c.expect_method(0, 10, 41).await;
+    let started = std::time::Instant::now();
+    loop {
+        match c.read_frame().await {
+            None => break,
+            Some(common::raw::Frame::Heartbeat { .. }) => continue,
+            Some(other) => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "not dropped before one interval");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_heartbeats_keep_an_idle_connection_open() {
+    let broker = TestBroker::start().await;
+    let mut c = RawConn::connect(&broker).await;
+    c.start().await;
+    c.start_ok(&broker.target.user, &broker.target.password).await;
+    let tune = c.read_tune().await;
+    c.tune_ok(Tune { heartbeat: 1, ..tune }).await;
+    c.open(&broker.target.vhost).await;
+    c.expect_method(0, 10, 41).await;
+    // Answer each server heartbeat with one of ours for a few intervals, then
+    // check the connection still works.
+    for _ in 0..4 {
+        match c.read_frame().await.expect("connection stays open") {
+            common::raw::Frame::Heartbeat { .. } => c.send(&common::raw::frame(8, 0, &[])).await,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    c.open_channel(1).await;
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn lapin_connection_closes_cleanly() {
     let broker = TestBroker::start().await;
