@@ -388,9 +388,14 @@ async fn server_drops_a_client_that_sends_no_heartbeats() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     let tune = c.read_tune().await;
-    c.tune_ok(Tune { heartbeat: 1, ..tune }).await;
+    c.tune_ok(Tune {
+        heartbeat: 1,
+        ..tune
+    })
+    .await;
     c.open(&broker.target.vhost).await;
     c.expect_method(0, 10, 41).await;
     let started = std::time::Instant::now();
@@ -401,7 +406,10 @@ async fn server_drops_a_client_that_sends_no_heartbeats() {
             Some(other) => panic!("unexpected frame {other:?}"),
         }
     }
-    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "not dropped before one interval");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "not dropped before one interval"
+    );
     broker.shutdown().await;
 }
 
@@ -410,9 +418,14 @@ async fn client_heartbeats_keep_an_idle_connection_open() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     let tune = c.read_tune().await;
-    c.tune_ok(Tune { heartbeat: 1, ..tune }).await;
+    c.tune_ok(Tune {
+        heartbeat: 1,
+        ..tune
+    })
+    .await;
     c.open(&broker.target.vhost).await;
     c.expect_method(0, 10, 41).await;
     // Answer each server heartbeat with one of ours for a few intervals, then

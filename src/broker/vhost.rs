@@ -229,12 +229,13 @@ impl VHost {
         }
         if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format_args!(
-                "deletion of system exchange '{}' in vhost '{}' refused",
+                "deletion of system exchange '{}' in vhost '{}' not allowed",
                 name, self.name
             )));
         }
         let Some(ex) = self.exchange(name) else {
-            return Err(AmqpError::no_exchange(name, &self.name));
+            // RabbitMQ 3.10: deleting a missing exchange succeeds.
+            return Ok(());
         };
         if if_unused && !ex.bindings.read().is_empty() {
             return Err(AmqpError::precondition(format_args!(

@@ -198,11 +198,11 @@ impl Channel {
             if tag == 0 {
                 return Ok(self.unacked.drain(..).collect());
             }
-            let end = self.unacked.partition_point(|e| e.tag <= tag);
-            if end == 0 {
-                return Err(AmqpError::unknown_delivery_tag(tag));
-            }
-            return Ok(self.unacked.drain(..end).collect());
+            // As RabbitMQ: the named tag itself must be outstanding.
+            return match self.unacked.binary_search_by_key(&tag, |e| e.tag) {
+                Ok(i) => Ok(self.unacked.drain(..=i).collect()),
+                Err(_) => Err(AmqpError::unknown_delivery_tag(tag)),
+            };
         }
         match self.unacked.binary_search_by_key(&tag, |e| e.tag) {
             Ok(i) => Ok(vec![self.unacked.remove(i).expect("index from search")]),

@@ -230,7 +230,7 @@ impl Connection {
             return self.channel_zero(frame).await;
         }
         if let Frame::Heartbeat(_) = frame {
-            let e = AmqpError::frame_error(format_args!("heartbeat frame on channel {ch}"));
+            let e = AmqpError::unexpected_frame("type 8, all octets = <<>>");
             self.close_connection(e).await;
             return Flow::Continue;
         }
@@ -340,12 +340,9 @@ impl Connection {
                 AMQPClass::Connection(connection::AMQPMethod::Blocked(_))
                 | AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => Flow::Continue,
                 other => {
-                    let e = AmqpError::command_invalid(format_args!(
-                        "unexpected method on channel 0: {}.{}",
-                        other.get_amqp_class_id(),
-                        other.get_amqp_method_id()
-                    ))
-                    .on_method(other.get_amqp_class_id(), other.get_amqp_method_id());
+                    let e =
+                        AmqpError::channel_error("unexpected method in connection state running")
+                            .on_method(other.get_amqp_class_id(), other.get_amqp_method_id());
                     self.close_connection(e).await;
                     Flow::Continue
                 }

@@ -172,7 +172,7 @@ impl Queue {
                     ))));
                 } else if if_empty && !self.ready.is_empty() {
                     let _ = reply.send(Err(AmqpError::precondition(format_args!(
-                        "queue '{}' in vhost '{}' is not empty",
+                        "queue '{}' in vhost '{}' not empty",
                         info.name, info.vhost
                     ))));
                 } else {

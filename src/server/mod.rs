@@ -33,12 +33,12 @@ pub struct RunningServer {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {}", without_os_error(source))]
+    #[error("cannot listen on {addr}: {}", without_os_error(error))]
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (not chained: the message already says it).
+        error: std::io::Error,
     },
 }
 
@@ -58,10 +58,10 @@ impl Server {
         let addr = SocketAddr::new(config.amqp.bind, config.amqp.port);
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .map_err(|error| StartError::Bind { addr, error })?;
         let amqp_addr = listener
             .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .map_err(|error| StartError::Bind { addr, error })?;
         let users = Arc::new(UserStore::from_config(&config.auth));
         let broker = Broker::new(config.clone());
         let shutdown = CancellationToken::new();

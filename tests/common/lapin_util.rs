@@ -301,7 +301,10 @@ pub async fn queue_exists(conn: &Connection, queue: &str) -> bool {
     let res = ch
         .queue_declare(
             queue.into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             no_args(),
         )
         .await;
@@ -325,7 +328,10 @@ pub async fn exchange_exists(conn: &Connection, exchange: &str) -> bool {
         .exchange_declare(
             exchange.into(),
             ExchangeKind::Direct,
-            ExchangeDeclareOptions { passive: true, ..Default::default() },
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             no_args(),
         )
         .await;
@@ -345,14 +351,18 @@ pub async fn exchange_exists(conn: &Connection, exchange: &str) -> bool {
 /// Deletes a queue (best effort cleanup for shared brokers).
 pub async fn delete_queue(conn: &Connection, queue: &str) {
     if let Ok(ch) = conn.create_channel().await {
-        let _ = ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
     }
 }
 
 /// Deletes an exchange (best effort cleanup for shared brokers).
 pub async fn delete_exchange(conn: &Connection, exchange: &str) {
     if let Ok(ch) = conn.create_channel().await {
-        let _ = ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+        let _ = ch
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }
 
