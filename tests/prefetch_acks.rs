@@ -418,3 +418,19 @@ async fn delivery_tags_are_per_channel() {
     assert_eq!((ma.delivery.delivery_tag, mb.delivery.delivery_tag), (1, 1));
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn basic_get_ignores_the_prefetch_limit() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let q = temp_queue(&ch).await;
+    publish_n(&ch, &q, 3).await;
+    let gch = channel(&conn).await;
+    gch.basic_qos(1, BasicQosOptions { global: true }).await.unwrap();
+    for expected in ["1", "2", "3"] {
+        let m = get(&gch, &q).await.expect("basic.get is not limited by qos");
+        assert_eq!(m.delivery.data, expected.as_bytes());
+    }
+    broker.shutdown().await;
+}
