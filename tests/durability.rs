@@ -24,16 +24,25 @@ fn transient() -> BasicProperties {
 
 async fn declare_durable_queue(ch: &lapin::Channel) -> String {
     let q = unique("dq");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, no_args())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        no_args(),
+    )
+    .await
+    .unwrap();
     q
 }
 
 #[tokio::test]
 async fn durable_queue_keeps_persistent_messages_across_a_restart() {
     let _turn = ONE_RESTART_AT_A_TIME.lock().await;
-    let Some(mut broker) = TestBroker::start_alt_restartable().await else { return };
+    let Some(mut broker) = TestBroker::start_alt_restartable().await else {
+        return;
+    };
     let conn = broker.lapin().await;
     let ch = confirm_channel(&conn).await;
     let q = declare_durable_queue(&ch).await;
@@ -57,7 +66,9 @@ async fn durable_queue_keeps_persistent_messages_across_a_restart() {
 #[tokio::test]
 async fn non_durable_queue_is_gone_after_a_restart() {
     let _turn = ONE_RESTART_AT_A_TIME.lock().await;
-    let Some(mut broker) = TestBroker::start_alt_restartable().await else { return };
+    let Some(mut broker) = TestBroker::start_alt_restartable().await else {
+        return;
+    };
     let conn = broker.lapin().await;
     let ch = confirm_channel(&conn).await;
     let q = shared_queue(&ch).await;
@@ -72,13 +83,23 @@ async fn non_durable_queue_is_gone_after_a_restart() {
 #[tokio::test]
 async fn durable_exchange_and_its_bindings_survive_a_restart() {
     let _turn = ONE_RESTART_AT_A_TIME.lock().await;
-    let Some(mut broker) = TestBroker::start_alt_restartable().await else { return };
+    let Some(mut broker) = TestBroker::start_alt_restartable().await else {
+        return;
+    };
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     let x = unique("dx");
-    ch.exchange_declare(x.as_str().into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, no_args())
-        .await
-        .unwrap();
+    ch.exchange_declare(
+        x.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        no_args(),
+    )
+    .await
+    .unwrap();
     let transient_x = temp_exchange(&ch, ExchangeKind::Fanout).await;
     let q = declare_durable_queue(&ch).await;
     bind(&ch, &q, &x, "orders.#").await;
@@ -86,7 +107,10 @@ async fn durable_exchange_and_its_bindings_survive_a_restart() {
     broker.restart().await;
     let conn = broker.lapin().await;
     assert!(exchange_exists(&conn, &x).await);
-    assert!(!exchange_exists(&conn, &transient_x).await, "a non-durable exchange is gone");
+    assert!(
+        !exchange_exists(&conn, &transient_x).await,
+        "a non-durable exchange is gone"
+    );
     let ch = confirm_channel(&conn).await;
     publish_confirmed_props(&ch, &x, "orders.new", b"routed", persistent()).await;
     assert_eq!(drain(&ch, &q).await, bodies(["routed"]));
@@ -98,7 +122,9 @@ async fn durable_exchange_and_its_bindings_survive_a_restart() {
 #[tokio::test]
 async fn unacked_persistent_message_is_redelivered_after_a_restart() {
     let _turn = ONE_RESTART_AT_A_TIME.lock().await;
-    let Some(mut broker) = TestBroker::start_alt_restartable().await else { return };
+    let Some(mut broker) = TestBroker::start_alt_restartable().await else {
+        return;
+    };
     let conn = broker.lapin().await;
     let ch = confirm_channel(&conn).await;
     let q = declare_durable_queue(&ch).await;
@@ -110,7 +136,10 @@ async fn unacked_persistent_message_is_redelivered_after_a_restart() {
     let ch = channel(&conn).await;
     let m = get(&ch, &q).await.expect("the unacked message is back");
     assert_eq!(m.delivery.data, b"in flight");
-    assert!(m.delivery.redelivered, "it was delivered before the restart");
+    assert!(
+        m.delivery.redelivered,
+        "it was delivered before the restart"
+    );
     delete_queue(&conn, &q).await;
     broker.shutdown().await;
 }
@@ -118,14 +147,19 @@ async fn unacked_persistent_message_is_redelivered_after_a_restart() {
 #[tokio::test]
 async fn shutdown_closes_clients_with_320_connection_forced() {
     let _turn = ONE_RESTART_AT_A_TIME.lock().await;
-    let Some(mut broker) = TestBroker::start_alt_restartable().await else { return };
+    let Some(mut broker) = TestBroker::start_alt_restartable().await else {
+        return;
+    };
     let (conn, mut events) = broker.amqprs_with_events().await;
     let (_ch, _) = amqprs_channel(&conn).await;
     let restart = broker.restart();
     let observe = async {
         let (code, text) = expect_amqprs_connection_close(&mut events).await;
         assert_eq!(code, 320);
-        assert_eq!(text, "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'");
+        assert_eq!(
+            text,
+            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+        );
     };
     tokio::join!(restart, observe);
     broker.shutdown().await;

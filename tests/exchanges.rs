@@ -45,7 +45,10 @@ async fn builtin_exchanges_exist_with_their_types() {
         ch.exchange_declare(
             name.into(),
             kind,
-            ExchangeDeclareOptions { passive: true, ..Default::default() },
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             no_args(),
         )
         .await
@@ -109,7 +112,10 @@ async fn declare_then_passive_declare_succeeds() {
     ch.exchange_declare(
         x.as_str().into(),
         ExchangeKind::Topic,
-        ExchangeDeclareOptions { passive: true, ..Default::default() },
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
         no_args(),
     )
     .await
@@ -128,7 +134,10 @@ async fn passive_declare_of_a_missing_exchange_fails_with_404() {
         ch.exchange_declare(
             x.as_str().into(),
             ExchangeKind::Direct,
-            ExchangeDeclareOptions { passive: true, ..Default::default() },
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             no_args(),
         ),
         404,
@@ -230,7 +239,10 @@ async fn equivalent_redeclare_of_a_builtin_amq_exchange_succeeds() {
     ch.exchange_declare(
         "amq.direct".into(),
         ExchangeKind::Direct,
-        ExchangeDeclareOptions { durable: true, ..Default::default() },
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
         no_args(),
     )
     .await
@@ -285,7 +297,9 @@ async fn delete_removes_the_exchange() {
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     let x = temp_exchange(&ch, ExchangeKind::Fanout).await;
-    ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
+    ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
     assert!(!exchange_exists(&conn, &x).await);
     broker.shutdown().await;
 }
@@ -295,9 +309,12 @@ async fn deleting_a_missing_exchange_succeeds() {
     let broker = TestBroker::start().await;
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
-    ch.exchange_delete(unique("missing").as_str().into(), ExchangeDeleteOptions::default())
-        .await
-        .expect("exchange.delete is idempotent");
+    ch.exchange_delete(
+        unique("missing").as_str().into(),
+        ExchangeDeleteOptions::default(),
+    )
+    .await
+    .expect("exchange.delete is idempotent");
     broker.shutdown().await;
 }
 
@@ -310,7 +327,13 @@ async fn delete_if_unused_fails_with_406_while_bound() {
     let q = temp_queue(&ch).await;
     bind(&ch, &q, &x, "k").await;
     assert_amqp_error(
-        ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions { if_unused: true, ..Default::default() }),
+        ch.exchange_delete(
+            x.as_str().into(),
+            ExchangeDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        ),
         406,
         &format!("PRECONDITION_FAILED - exchange '{x}' in vhost '/' in use"),
     )
@@ -326,9 +349,15 @@ async fn delete_if_unused_succeeds_without_bindings() {
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     let x = temp_exchange(&ch, ExchangeKind::Direct).await;
-    ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions { if_unused: true, ..Default::default() })
-        .await
-        .expect("unused exchange is deleted");
+    ch.exchange_delete(
+        x.as_str().into(),
+        ExchangeDeleteOptions {
+            if_unused: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("unused exchange is deleted");
     assert!(!exchange_exists(&conn, &x).await);
     broker.shutdown().await;
 }
@@ -341,11 +370,18 @@ async fn deleting_an_exchange_removes_its_bindings() {
     let x = temp_exchange(&ch, ExchangeKind::Direct).await;
     let q = temp_queue(&ch).await;
     bind(&ch, &q, &x, "k").await;
-    ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
-    // Recreate: the old binding must not come back.
-    ch.exchange_declare(x.as_str().into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), no_args())
+    ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
         .await
         .unwrap();
+    // Recreate: the old binding must not come back.
+    ch.exchange_declare(
+        x.as_str().into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        no_args(),
+    )
+    .await
+    .unwrap();
     publish_confirmed(&ch, &x, "k", b"x").await;
     assert_eq!(message_count(&ch, &q).await, 0);
     delete_exchange(&conn, &x).await;
@@ -359,7 +395,13 @@ async fn binding_to_the_default_exchange_fails_with_403() {
     let ch = channel(&conn).await;
     let q = temp_queue(&ch).await;
     assert_amqp_error(
-        ch.queue_bind(q.as_str().into(), "".into(), "k".into(), QueueBindOptions::default(), no_args()),
+        ch.queue_bind(
+            q.as_str().into(),
+            "".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        ),
         403,
         "ACCESS_REFUSED - operation not permitted on the default exchange",
     )
@@ -418,7 +460,13 @@ async fn binding_to_a_missing_exchange_fails_with_404() {
     let q = temp_queue(&ch).await;
     let x = unique("missing");
     assert_amqp_error(
-        ch.queue_bind(q.as_str().into(), x.as_str().into(), "k".into(), QueueBindOptions::default(), no_args()),
+        ch.queue_bind(
+            q.as_str().into(),
+            x.as_str().into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        ),
         404,
         &format!("NOT_FOUND - no exchange '{x}' in vhost '/'"),
     )
@@ -434,9 +482,15 @@ async fn exchange_to_exchange_binding_routes_end_to_end() {
     let src = temp_exchange(&ch, ExchangeKind::Topic).await;
     let dst = temp_exchange(&ch, ExchangeKind::Direct).await;
     let q = temp_queue(&ch).await;
-    ch.exchange_bind(dst.as_str().into(), src.as_str().into(), "orders.*".into(), ExchangeBindOptions::default(), no_args())
-        .await
-        .expect("exchange.bind");
+    ch.exchange_bind(
+        dst.as_str().into(),
+        src.as_str().into(),
+        "orders.*".into(),
+        ExchangeBindOptions::default(),
+        no_args(),
+    )
+    .await
+    .expect("exchange.bind");
     bind(&ch, &q, &dst, "orders.new").await;
     publish_confirmed(&ch, &src, "orders.new", b"routed").await;
     publish_confirmed(&ch, &src, "orders.old", b"filtered by dst").await;
@@ -455,14 +509,26 @@ async fn exchange_unbind_stops_routing() {
     let src = temp_exchange(&ch, ExchangeKind::Fanout).await;
     let dst = temp_exchange(&ch, ExchangeKind::Fanout).await;
     let q = temp_queue(&ch).await;
-    ch.exchange_bind(dst.as_str().into(), src.as_str().into(), "".into(), ExchangeBindOptions::default(), no_args())
-        .await
-        .unwrap();
+    ch.exchange_bind(
+        dst.as_str().into(),
+        src.as_str().into(),
+        "".into(),
+        ExchangeBindOptions::default(),
+        no_args(),
+    )
+    .await
+    .unwrap();
     bind(&ch, &q, &dst, "").await;
     publish_confirmed(&ch, &src, "", b"before").await;
-    ch.exchange_unbind(dst.as_str().into(), src.as_str().into(), "".into(), ExchangeUnbindOptions::default(), no_args())
-        .await
-        .expect("exchange.unbind");
+    ch.exchange_unbind(
+        dst.as_str().into(),
+        src.as_str().into(),
+        "".into(),
+        ExchangeUnbindOptions::default(),
+        no_args(),
+    )
+    .await
+    .expect("exchange.unbind");
     publish_confirmed(&ch, &src, "", b"after").await;
     assert_eq!(drain(&ch, &q).await, bodies(["before"]));
     delete_exchange(&conn, &src).await;
@@ -479,9 +545,15 @@ async fn exchange_binding_loops_deliver_each_message_once_per_queue() {
     let b = temp_exchange(&ch, ExchangeKind::Fanout).await;
     let q = temp_queue(&ch).await;
     for (dst, src) in [(&b, &a), (&a, &b)] {
-        ch.exchange_bind(dst.as_str().into(), src.as_str().into(), "".into(), ExchangeBindOptions::default(), no_args())
-            .await
-            .unwrap();
+        ch.exchange_bind(
+            dst.as_str().into(),
+            src.as_str().into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
     }
     bind(&ch, &q, &a, "").await;
     bind(&ch, &q, &b, "").await;
@@ -499,9 +571,15 @@ async fn exchange_bound_to_itself_routes_once() {
     let ch = confirm_channel(&conn).await;
     let a = temp_exchange(&ch, ExchangeKind::Fanout).await;
     let q = temp_queue(&ch).await;
-    ch.exchange_bind(a.as_str().into(), a.as_str().into(), "".into(), ExchangeBindOptions::default(), no_args())
-        .await
-        .unwrap();
+    ch.exchange_bind(
+        a.as_str().into(),
+        a.as_str().into(),
+        "".into(),
+        ExchangeBindOptions::default(),
+        no_args(),
+    )
+    .await
+    .unwrap();
     bind(&ch, &q, &a, "").await;
     publish_confirmed(&ch, &a, "", b"self").await;
     assert_eq!(drain(&ch, &q).await, bodies(["self"]));
@@ -517,7 +595,13 @@ async fn exchange_bind_with_missing_source_fails_with_404() {
     let dst = temp_exchange(&ch, ExchangeKind::Fanout).await;
     let src = unique("missing");
     assert_amqp_error(
-        ch.exchange_bind(dst.as_str().into(), src.as_str().into(), "".into(), ExchangeBindOptions::default(), no_args()),
+        ch.exchange_bind(
+            dst.as_str().into(),
+            src.as_str().into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            no_args(),
+        ),
         404,
         &format!("NOT_FOUND - no exchange '{src}' in vhost '/'"),
     )
@@ -535,7 +619,10 @@ async fn auto_delete_exchange_is_removed_when_its_last_queue_binding_goes() {
     ch.exchange_declare(
         x.as_str().into(),
         ExchangeKind::Direct,
-        ExchangeDeclareOptions { auto_delete: true, ..Default::default() },
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
         no_args(),
     )
     .await
@@ -543,10 +630,17 @@ async fn auto_delete_exchange_is_removed_when_its_last_queue_binding_goes() {
     let q = temp_queue(&ch).await;
     bind(&ch, &q, &x, "a").await;
     bind(&ch, &q, &x, "b").await;
-    ch.queue_unbind(q.as_str().into(), x.as_str().into(), "a".into(), no_args()).await.unwrap();
+    ch.queue_unbind(q.as_str().into(), x.as_str().into(), "a".into(), no_args())
+        .await
+        .unwrap();
     assert!(exchange_exists(&conn, &x).await, "one binding is left");
-    ch.queue_unbind(q.as_str().into(), x.as_str().into(), "b".into(), no_args()).await.unwrap();
-    assert!(!exchange_exists(&conn, &x).await, "removed with its last binding");
+    ch.queue_unbind(q.as_str().into(), x.as_str().into(), "b".into(), no_args())
+        .await
+        .unwrap();
+    assert!(
+        !exchange_exists(&conn, &x).await,
+        "removed with its last binding"
+    );
     broker.shutdown().await;
 }
 
@@ -559,7 +653,10 @@ async fn auto_delete_exchange_without_bindings_is_kept() {
     ch.exchange_declare(
         x.as_str().into(),
         ExchangeKind::Fanout,
-        ExchangeDeclareOptions { auto_delete: true, ..Default::default() },
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
         no_args(),
     )
     .await
@@ -578,14 +675,19 @@ async fn auto_delete_exchange_is_removed_when_its_bound_queue_is_deleted() {
     ch.exchange_declare(
         x.as_str().into(),
         ExchangeKind::Fanout,
-        ExchangeDeclareOptions { auto_delete: true, ..Default::default() },
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
         no_args(),
     )
     .await
     .unwrap();
     let q = temp_queue(&ch).await;
     bind(&ch, &q, &x, "").await;
-    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     assert!(!exchange_exists(&conn, &x).await);
     broker.shutdown().await;
 }
@@ -599,20 +701,38 @@ async fn auto_delete_source_exchange_is_removed_when_its_last_exchange_binding_g
     ch.exchange_declare(
         src.as_str().into(),
         ExchangeKind::Fanout,
-        ExchangeDeclareOptions { auto_delete: true, ..Default::default() },
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
         no_args(),
     )
     .await
     .unwrap();
     let dst = temp_exchange(&ch, ExchangeKind::Fanout).await;
-    ch.exchange_bind(dst.as_str().into(), src.as_str().into(), "".into(), ExchangeBindOptions::default(), no_args())
-        .await
-        .unwrap();
-    ch.exchange_unbind(dst.as_str().into(), src.as_str().into(), "".into(), ExchangeUnbindOptions::default(), no_args())
-        .await
-        .unwrap();
+    ch.exchange_bind(
+        dst.as_str().into(),
+        src.as_str().into(),
+        "".into(),
+        ExchangeBindOptions::default(),
+        no_args(),
+    )
+    .await
+    .unwrap();
+    ch.exchange_unbind(
+        dst.as_str().into(),
+        src.as_str().into(),
+        "".into(),
+        ExchangeUnbindOptions::default(),
+        no_args(),
+    )
+    .await
+    .unwrap();
     assert!(!exchange_exists(&conn, &src).await);
-    assert!(exchange_exists(&conn, &dst).await, "the destination is not auto-delete");
+    assert!(
+        exchange_exists(&conn, &dst).await,
+        "the destination is not auto-delete"
+    );
     delete_exchange(&conn, &dst).await;
     broker.shutdown().await;
 }
@@ -627,7 +747,10 @@ async fn internal_exchange_refuses_direct_publishes_with_403() {
     ch.exchange_declare(
         x.as_str().into(),
         ExchangeKind::Fanout,
-        ExchangeDeclareOptions { internal: true, ..Default::default() },
+        ExchangeDeclareOptions {
+            internal: true,
+            ..Default::default()
+        },
         no_args(),
     )
     .await
@@ -642,7 +765,10 @@ async fn internal_exchange_refuses_direct_publishes_with_403() {
     .unwrap();
     let (code, text) = expect_amqprs_channel_close(&mut events).await;
     assert_eq!(code, 403);
-    assert_eq!(text, format!("ACCESS_REFUSED - cannot publish to internal exchange '{x}' in vhost '/'"));
+    assert_eq!(
+        text,
+        format!("ACCESS_REFUSED - cannot publish to internal exchange '{x}' in vhost '/'")
+    );
     delete_exchange(&conn, &x).await;
     broker.shutdown().await;
 }
@@ -650,30 +776,52 @@ async fn internal_exchange_refuses_direct_publishes_with_403() {
 #[tokio::test]
 async fn amqprs_declares_binds_and_routes_through_a_direct_exchange() {
     use amqprs::channel::{
-        BasicPublishArguments, ConfirmSelectArguments, ExchangeDeclareArguments, ExchangeDeleteArguments,
-        QueueBindArguments,
+        BasicPublishArguments, ConfirmSelectArguments, ExchangeDeclareArguments,
+        ExchangeDeleteArguments, QueueBindArguments,
     };
     let broker = TestBroker::start().await;
     let conn = broker.amqprs().await;
     let (ch, mut events) = amqprs_channel(&conn).await;
     let x = unique("ax");
-    ch.exchange_declare(ExchangeDeclareArguments::new(&x, "direct")).await.unwrap();
-    let q = amqprs_temp_queue(&ch).await;
-    ch.queue_bind(QueueBindArguments::new(&q, &x, "rk")).await.unwrap();
-    ch.confirm_select(ConfirmSelectArguments::default()).await.unwrap();
-    ch.basic_publish(amqprs::BasicProperties::default(), b"via amqprs".to_vec(), BasicPublishArguments::new(&x, "rk"))
+    ch.exchange_declare(ExchangeDeclareArguments::new(&x, "direct"))
         .await
         .unwrap();
-    assert_eq!(next_chan_event(&mut events).await, ChanEvent::Ack { delivery_tag: 1, multiple: false });
+    let q = amqprs_temp_queue(&ch).await;
+    ch.queue_bind(QueueBindArguments::new(&q, &x, "rk"))
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectArguments::default())
+        .await
+        .unwrap();
+    ch.basic_publish(
+        amqprs::BasicProperties::default(),
+        b"via amqprs".to_vec(),
+        BasicPublishArguments::new(&x, "rk"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_chan_event(&mut events).await,
+        ChanEvent::Ack {
+            delivery_tag: 1,
+            multiple: false
+        }
+    );
     let (get_ok, _, body) = ch
-        .basic_get(amqprs::channel::BasicGetArguments::new(&q).no_ack(true).finish())
+        .basic_get(
+            amqprs::channel::BasicGetArguments::new(&q)
+                .no_ack(true)
+                .finish(),
+        )
         .await
         .unwrap()
         .expect("a message");
     assert_eq!(body, b"via amqprs");
     assert_eq!(get_ok.exchange(), &x);
     assert_eq!(get_ok.routing_key(), "rk");
-    ch.exchange_delete(ExchangeDeleteArguments::new(&x)).await.unwrap();
+    ch.exchange_delete(ExchangeDeleteArguments::new(&x))
+        .await
+        .unwrap();
     conn.close().await.unwrap();
     broker.shutdown().await;
 }
@@ -687,7 +835,10 @@ async fn passive_declare_ignores_the_type() {
     ch.exchange_declare(
         x.as_str().into(),
         ExchangeKind::Topic,
-        ExchangeDeclareOptions { passive: true, ..Default::default() },
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
         no_args(),
     )
     .await
@@ -702,7 +853,12 @@ async fn declaring_the_default_exchange_fails_with_403() {
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     assert_amqp_error(
-        ch.exchange_declare("".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), no_args()),
+        ch.exchange_declare(
+            "".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            no_args(),
+        ),
         403,
         "ACCESS_REFUSED - operation not permitted on the default exchange",
     )
@@ -725,6 +881,9 @@ async fn publishing_to_amq_default_fails_with_404() {
     .await
     .unwrap();
     let (code, text) = expect_amqprs_channel_close(&mut events).await;
-    assert_eq!((code, text.as_str()), (404, "NOT_FOUND - no exchange 'amq.default' in vhost '/'"));
+    assert_eq!(
+        (code, text.as_str()),
+        (404, "NOT_FOUND - no exchange 'amq.default' in vhost '/'")
+    );
     broker.shutdown().await;
 }

@@ -23,8 +23,16 @@ async fn connection_start_announces_amqp_0_9_with_plain_and_en_us() {
     let mut c = RawConn::connect(&broker).await;
     let start = c.start().await;
     assert_eq!((start.version_major, start.version_minor), (0, 9));
-    assert!(start.mechanisms.split(' ').any(|m| m == "PLAIN"), "mechanisms: {}", start.mechanisms);
-    assert!(start.locales.split(' ').any(|l| l == "en_US"), "locales: {}", start.locales);
+    assert!(
+        start.mechanisms.split(' ').any(|m| m == "PLAIN"),
+        "mechanisms: {}",
+        start.mechanisms
+    );
+    assert!(
+        start.locales.split(' ').any(|l| l == "en_US"),
+        "locales: {}",
+        start.locales
+    );
     broker.shutdown().await;
 }
 
@@ -70,7 +78,10 @@ async fn server_capabilities_are_advertised_as_true() {
         keys.sort();
         let mut expected = CAPABILITIES.to_vec();
         expected.sort();
-        assert_eq!(keys, expected, "WarrenMQ advertises exactly these capabilities");
+        assert_eq!(
+            keys, expected,
+            "WarrenMQ advertises exactly these capabilities"
+        );
     }
     broker.shutdown().await;
 }
@@ -98,9 +109,17 @@ async fn tune_offers_channel_max_2047_frame_max_131072_heartbeat_60() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     let tune = c.read_tune().await;
-    assert_eq!(tune, Tune { channel_max: 2047, frame_max: 131072, heartbeat: 60 });
+    assert_eq!(
+        tune,
+        Tune {
+            channel_max: 2047,
+            frame_max: 131072,
+            heartbeat: 60
+        }
+    );
     broker.shutdown().await;
 }
 
@@ -120,7 +139,13 @@ async fn full_raw_handshake_opens_the_default_vhost() {
     let (mut c, _) = RawConn::open_connection(&broker).await;
     c.open_channel(1).await;
     // connection.close from the client is answered with close-ok
-    c.send_method(0, 10, 50, &Enc::new().u16(200).short_str("done").u16(0).u16(0).build()).await;
+    c.send_method(
+        0,
+        10,
+        50,
+        &Enc::new().u16(200).short_str("done").u16(0).u16(0).build(),
+    )
+    .await;
     c.expect_method(0, 10, 51).await;
     broker.shutdown().await;
 }
@@ -161,7 +186,8 @@ async fn bad_password_without_auth_failure_close_capability_just_drops_the_socke
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok_with(&broker.target.user, "definitely-wrong", false).await;
+    c.start_ok_with(&broker.target.user, "definitely-wrong", false)
+        .await;
     assert_eq!(c.read_outcome().await, Outcome::Eof);
     broker.shutdown().await;
 }
@@ -169,7 +195,11 @@ async fn bad_password_without_auth_failure_close_capability_just_drops_the_socke
 #[tokio::test]
 async fn lapin_reports_bad_password_as_403() {
     let broker = TestBroker::start().await;
-    let url = broker.url_for(&broker.target.user.clone(), "definitely-wrong", &broker.target.vhost.clone());
+    let url = broker.url_for(
+        &broker.target.user.clone(),
+        "definitely-wrong",
+        &broker.target.vhost.clone(),
+    );
     let res = within(
         "lapin connect",
         lapin::Connection::connect(&url, lapin::ConnectionProperties::default()),
@@ -189,14 +219,23 @@ async fn unknown_vhost_is_refused_with_530_not_allowed() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     let tune = c.read_tune().await;
-    c.tune_ok(Tune { heartbeat: 0, ..tune }).await;
+    c.tune_ok(Tune {
+        heartbeat: 0,
+        ..tune
+    })
+    .await;
     c.open("no-such-vhost").await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.code, 530);
     assert_eq!(reason.text, "NOT_ALLOWED - vhost no-such-vhost not found");
-    assert_eq!((reason.class_id, reason.method_id), (10, 40), "blames connection.open");
+    assert_eq!(
+        (reason.class_id, reason.method_id),
+        (10, 40),
+        "blames connection.open"
+    );
     broker.shutdown().await;
 }
 
@@ -211,13 +250,20 @@ async fn amqprs_reports_unknown_vhost() {
     )
     .virtual_host("no-such-vhost")
     .finish();
-    let res = within("amqprs connect", amqprs::connection::Connection::open(&args)).await;
+    let res = within(
+        "amqprs connect",
+        amqprs::connection::Connection::open(&args),
+    )
+    .await;
     let err = match res {
         Ok(_) => panic!("opening an unknown vhost must fail"),
         Err(e) => e.to_string(),
     };
     assert!(err.contains("530"), "{err}");
-    assert!(err.contains("NOT_ALLOWED - vhost no-such-vhost not found"), "{err}");
+    assert!(
+        err.contains("NOT_ALLOWED - vhost no-such-vhost not found"),
+        "{err}"
+    );
     broker.shutdown().await;
 }
 
@@ -226,9 +272,15 @@ async fn client_may_negotiate_a_smaller_frame_max_and_channel_max() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     c.read_tune().await;
-    c.tune_ok(Tune { channel_max: 8, frame_max: 4096, heartbeat: 0 }).await;
+    c.tune_ok(Tune {
+        channel_max: 8,
+        frame_max: 4096,
+        heartbeat: 0,
+    })
+    .await;
     c.open(&broker.target.vhost).await;
     c.expect_method(0, 10, 41).await;
     c.open_channel(8).await;
@@ -240,15 +292,22 @@ async fn opening_more_channels_than_channel_max_closes_the_connection_with_530()
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     c.read_tune().await;
-    c.tune_ok(Tune { channel_max: 3, frame_max: 131072, heartbeat: 0 }).await;
+    c.tune_ok(Tune {
+        channel_max: 3,
+        frame_max: 131072,
+        heartbeat: 0,
+    })
+    .await;
     c.open(&broker.target.vhost).await;
     c.expect_method(0, 10, 41).await;
     for ch in 1..=3 {
         c.open_channel(ch).await;
     }
-    c.send_method(4, 20, 10, &Enc::new().short_str("").build()).await;
+    c.send_method(4, 20, 10, &Enc::new().short_str("").build())
+        .await;
     let reason = c.expect_connection_close().await;
     assert_eq!(reason.code, 530);
     assert_eq!(
@@ -266,9 +325,15 @@ async fn tune_ok_frame_max_below_4096_drops_the_connection() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     c.read_tune().await;
-    c.tune_ok(Tune { channel_max: 2047, frame_max: 1024, heartbeat: 0 }).await;
+    c.tune_ok(Tune {
+        channel_max: 2047,
+        frame_max: 1024,
+        heartbeat: 0,
+    })
+    .await;
     c.open(&broker.target.vhost).await;
     assert_eq!(c.read_outcome().await, Outcome::Eof);
     broker.shutdown().await;
@@ -279,9 +344,15 @@ async fn tune_ok_frame_max_above_the_offer_drops_the_connection() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     c.read_tune().await;
-    c.tune_ok(Tune { channel_max: 2047, frame_max: 1_000_000, heartbeat: 0 }).await;
+    c.tune_ok(Tune {
+        channel_max: 2047,
+        frame_max: 1_000_000,
+        heartbeat: 0,
+    })
+    .await;
     c.open(&broker.target.vhost).await;
     assert_eq!(c.read_outcome().await, Outcome::Eof);
     broker.shutdown().await;
@@ -292,9 +363,14 @@ async fn server_sends_heartbeats_at_the_negotiated_interval() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     let tune = c.read_tune().await;
-    c.tune_ok(Tune { heartbeat: 1, ..tune }).await;
+    c.tune_ok(Tune {
+        heartbeat: 1,
+        ..tune
+    })
+    .await;
     c.open(&broker.target.vhost).await;
     c.expect_method(0, 10, 41).await;
     // With a 1 s interval the server must send a heartbeat well within TIMEOUT.
@@ -318,9 +394,14 @@ async fn server_drops_a_client_that_sends_no_heartbeats() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     let tune = c.read_tune().await;
-    c.tune_ok(Tune { heartbeat: 1, ..tune }).await;
+    c.tune_ok(Tune {
+        heartbeat: 1,
+        ..tune
+    })
+    .await;
     c.open(&broker.target.vhost).await;
     c.expect_method(0, 10, 41).await;
     let started = std::time::Instant::now();
@@ -331,7 +412,10 @@ async fn server_drops_a_client_that_sends_no_heartbeats() {
             Some(other) => panic!("unexpected frame {other:?}"),
         }
     }
-    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "not dropped before one interval");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "not dropped before one interval"
+    );
     broker.shutdown().await;
 }
 
@@ -340,9 +424,14 @@ async fn client_heartbeats_keep_an_idle_connection_open() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     c.start().await;
-    c.start_ok(&broker.target.user, &broker.target.password).await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
     let tune = c.read_tune().await;
-    c.tune_ok(Tune { heartbeat: 1, ..tune }).await;
+    c.tune_ok(Tune {
+        heartbeat: 1,
+        ..tune
+    })
+    .await;
     c.open(&broker.target.vhost).await;
     c.expect_method(0, 10, 41).await;
     // Answer each server heartbeat with one of ours for a few intervals, then
@@ -362,7 +451,9 @@ async fn lapin_connection_closes_cleanly() {
     let broker = TestBroker::start().await;
     let conn = broker.lapin().await;
     assert!(conn.status().connected());
-    conn.close(200, "bye".into()).await.expect("connection.close");
+    conn.close(200, "bye".into())
+        .await
+        .expect("connection.close");
     assert!(conn.status().closed());
     broker.shutdown().await;
 }

@@ -47,7 +47,9 @@ async fn per_consumer_prefetch_applies_to_each_consumer_separately() {
     publish_n(&ch, &q1, 4).await;
     publish_n(&ch, &q2, 4).await;
     let cch = channel(&conn).await;
-    cch.basic_qos(1, BasicQosOptions { global: false }).await.unwrap();
+    cch.basic_qos(1, BasicQosOptions { global: false })
+        .await
+        .unwrap();
     let mut c1 = consume(&cch, &q1).await;
     let mut c2 = consume(&cch, &q2).await;
     next(&mut c1).await;
@@ -66,7 +68,9 @@ async fn global_prefetch_is_shared_by_the_channels_consumers() {
     publish_n(&ch, &q1, 5).await;
     publish_n(&ch, &q2, 5).await;
     let cch = channel(&conn).await;
-    cch.basic_qos(3, BasicQosOptions { global: true }).await.unwrap();
+    cch.basic_qos(3, BasicQosOptions { global: true })
+        .await
+        .unwrap();
     let mut c1 = consume(&cch, &q1).await;
     let mut c2 = consume(&cch, &q2).await;
     // Collect three deliveries from whichever consumers get them.
@@ -78,7 +82,11 @@ async fn global_prefetch_is_shared_by_the_channels_consumers() {
         }
     }
     let counts = message_counts(&ch, &[q1, q2]).await;
-    assert_eq!(counts.iter().sum::<u32>(), 7, "three unacked in total: {counts:?}");
+    assert_eq!(
+        counts.iter().sum::<u32>(),
+        7,
+        "three unacked in total: {counts:?}"
+    );
     broker.shutdown().await;
 }
 
@@ -125,7 +133,10 @@ async fn prefetch_size_is_not_implemented_and_closes_the_connection_with_540() {
     let args = common::raw::Enc::new().u32(1).u16(0).u8(0).build();
     c.send_method(1, 60, 10, &args).await;
     let reason = c.expect_connection_close().await;
-    assert_eq!((reason.code, reason.text.as_str()), (540, "NOT_IMPLEMENTED - prefetch_size!=0 (1)"));
+    assert_eq!(
+        (reason.code, reason.text.as_str()),
+        (540, "NOT_IMPLEMENTED - prefetch_size!=0 (1)")
+    );
     broker.shutdown().await;
 }
 
@@ -143,7 +154,9 @@ async fn ack_multiple_acknowledges_everything_up_to_the_tag() {
         tags.push(next(&mut consumer).await.delivery_tag);
     }
     assert_eq!(tags, vec![1, 2, 3, 4]);
-    cch.basic_ack(3, BasicAckOptions { multiple: true }).await.unwrap();
+    cch.basic_ack(3, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
     // Closing the channel requeues only the one message that was not acked.
     drop(consumer);
     cch.close(200, "bye".into()).await.unwrap();
@@ -163,7 +176,9 @@ async fn ack_multiple_with_tag_zero_acknowledges_all_outstanding() {
     for _ in 0..3 {
         next(&mut consumer).await;
     }
-    cch.basic_ack(0, BasicAckOptions { multiple: true }).await.unwrap();
+    cch.basic_ack(0, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
     drop(consumer);
     cch.close(200, "bye".into()).await.unwrap();
     assert_eq!(message_count(&ch, &q).await, 0);
@@ -182,7 +197,15 @@ async fn nack_multiple_with_requeue_redelivers_in_order() {
     for _ in 0..3 {
         next(&mut consumer).await;
     }
-    cch.basic_nack(3, BasicNackOptions { multiple: true, requeue: true }).await.unwrap();
+    cch.basic_nack(
+        3,
+        BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        },
+    )
+    .await
+    .unwrap();
     let mut again = Vec::new();
     for _ in 0..3 {
         let d = next(&mut consumer).await;
@@ -201,7 +224,13 @@ async fn nack_without_requeue_discards() {
     let q = temp_queue(&ch).await;
     publish_n(&ch, &q, 2).await;
     let m = get(&ch, &q).await.unwrap();
-    m.delivery.nack(BasicNackOptions { multiple: false, requeue: false }).await.unwrap();
+    m.delivery
+        .nack(BasicNackOptions {
+            multiple: false,
+            requeue: false,
+        })
+        .await
+        .unwrap();
     assert_eq!(drain(&ch, &q).await, bodies(["2"]));
     broker.shutdown().await;
 }
@@ -214,7 +243,10 @@ async fn reject_without_requeue_discards() {
     let q = temp_queue(&ch).await;
     publish_n(&ch, &q, 2).await;
     let m = get(&ch, &q).await.unwrap();
-    m.delivery.reject(BasicRejectOptions { requeue: false }).await.unwrap();
+    m.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
     assert_eq!(drain(&ch, &q).await, bodies(["2"]));
     broker.shutdown().await;
 }
@@ -228,17 +260,29 @@ async fn reject_with_requeue_redelivers_with_the_redelivered_flag() {
     publish_n(&ch, &q, 1).await;
     let m = get(&ch, &q).await.unwrap();
     assert!(!m.delivery.redelivered);
-    m.delivery.reject(BasicRejectOptions { requeue: true }).await.unwrap();
+    m.delivery
+        .reject(BasicRejectOptions { requeue: true })
+        .await
+        .unwrap();
     let again = get(&ch, &q).await.expect("requeued");
     assert!(again.delivery.redelivered);
     assert_eq!(again.delivery.data, b"1");
-    assert_eq!(again.delivery.delivery_tag, 2, "a redelivery gets a new delivery tag");
+    assert_eq!(
+        again.delivery.delivery_tag, 2,
+        "a redelivery gets a new delivery tag"
+    );
     broker.shutdown().await;
 }
 
 async fn amqprs_get_one(ch: &amqprs::channel::Channel, queue: &str) -> u64 {
     let conn_publish = amqprs::channel::BasicPublishArguments::new("", queue);
-    ch.basic_publish(amqprs::BasicProperties::default(), b"m".to_vec(), conn_publish).await.unwrap();
+    ch.basic_publish(
+        amqprs::BasicProperties::default(),
+        b"m".to_vec(),
+        conn_publish,
+    )
+    .await
+    .unwrap();
     let (_, mut rx) = amqprs_consume(ch, queue, false).await;
     amqprs_next(&mut rx).await.deliver.unwrap().delivery_tag()
 }
@@ -248,9 +292,14 @@ async fn acking_an_unknown_delivery_tag_closes_the_channel_with_406() {
     let broker = TestBroker::start().await;
     let conn = broker.amqprs().await;
     let (ch, mut events) = amqprs_channel(&conn).await;
-    ch.basic_ack(amqprs::channel::BasicAckArguments::new(42, false)).await.unwrap();
+    ch.basic_ack(amqprs::channel::BasicAckArguments::new(42, false))
+        .await
+        .unwrap();
     let (code, text) = expect_amqprs_channel_close(&mut events).await;
-    assert_eq!((code, text.as_str()), (406, "PRECONDITION_FAILED - unknown delivery tag 42"));
+    assert_eq!(
+        (code, text.as_str()),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 42")
+    );
     assert!(conn.is_open(), "a soft error leaves the connection open");
     broker.shutdown().await;
 }
@@ -262,10 +311,20 @@ async fn acking_a_delivery_twice_closes_the_channel_with_406() {
     let (ch, mut events) = amqprs_channel(&conn).await;
     let q = amqprs_temp_queue(&ch).await;
     let tag = amqprs_get_one(&ch, &q).await;
-    ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false)).await.unwrap();
-    ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false)).await.unwrap();
+    ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false))
+        .await
+        .unwrap();
+    ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false))
+        .await
+        .unwrap();
     let (code, text) = expect_amqprs_channel_close(&mut events).await;
-    assert_eq!((code, text), (406, format!("PRECONDITION_FAILED - unknown delivery tag {tag}")));
+    assert_eq!(
+        (code, text),
+        (
+            406,
+            format!("PRECONDITION_FAILED - unknown delivery tag {tag}")
+        )
+    );
     broker.shutdown().await;
 }
 
@@ -274,9 +333,14 @@ async fn nacking_an_unknown_delivery_tag_closes_the_channel_with_406() {
     let broker = TestBroker::start().await;
     let conn = broker.amqprs().await;
     let (ch, mut events) = amqprs_channel(&conn).await;
-    ch.basic_nack(amqprs::channel::BasicNackArguments::new(7, false, true)).await.unwrap();
+    ch.basic_nack(amqprs::channel::BasicNackArguments::new(7, false, true))
+        .await
+        .unwrap();
     let (code, text) = expect_amqprs_channel_close(&mut events).await;
-    assert_eq!((code, text.as_str()), (406, "PRECONDITION_FAILED - unknown delivery tag 7"));
+    assert_eq!(
+        (code, text.as_str()),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 7")
+    );
     broker.shutdown().await;
 }
 
@@ -285,9 +349,14 @@ async fn rejecting_an_unknown_delivery_tag_closes_the_channel_with_406() {
     let broker = TestBroker::start().await;
     let conn = broker.amqprs().await;
     let (ch, mut events) = amqprs_channel(&conn).await;
-    ch.basic_reject(amqprs::channel::BasicRejectArguments::new(9, false)).await.unwrap();
+    ch.basic_reject(amqprs::channel::BasicRejectArguments::new(9, false))
+        .await
+        .unwrap();
     let (code, text) = expect_amqprs_channel_close(&mut events).await;
-    assert_eq!((code, text.as_str()), (406, "PRECONDITION_FAILED - unknown delivery tag 9"));
+    assert_eq!(
+        (code, text.as_str()),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 9")
+    );
     broker.shutdown().await;
 }
 
@@ -298,9 +367,17 @@ async fn ack_multiple_beyond_the_last_tag_closes_the_channel_with_406() {
     let (ch, mut events) = amqprs_channel(&conn).await;
     let q = amqprs_temp_queue(&ch).await;
     let tag = amqprs_get_one(&ch, &q).await;
-    ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag + 5, true)).await.unwrap();
+    ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag + 5, true))
+        .await
+        .unwrap();
     let (code, text) = expect_amqprs_channel_close(&mut events).await;
-    assert_eq!((code, text), (406, format!("PRECONDITION_FAILED - unknown delivery tag {}", tag + 5)));
+    assert_eq!(
+        (code, text),
+        (
+            406,
+            format!("PRECONDITION_FAILED - unknown delivery tag {}", tag + 5)
+        )
+    );
     broker.shutdown().await;
 }
 
@@ -310,14 +387,26 @@ async fn acking_a_no_ack_delivery_closes_the_channel_with_406() {
     let conn = broker.amqprs().await;
     let (ch, mut events) = amqprs_channel(&conn).await;
     let q = amqprs_temp_queue(&ch).await;
-    ch.basic_publish(amqprs::BasicProperties::default(), b"m".to_vec(), amqprs::channel::BasicPublishArguments::new("", &q))
-        .await
-        .unwrap();
+    ch.basic_publish(
+        amqprs::BasicProperties::default(),
+        b"m".to_vec(),
+        amqprs::channel::BasicPublishArguments::new("", &q),
+    )
+    .await
+    .unwrap();
     let (_, mut rx) = amqprs_consume(&ch, &q, true).await;
     let tag = amqprs_next(&mut rx).await.deliver.unwrap().delivery_tag();
-    ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false)).await.unwrap();
+    ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false))
+        .await
+        .unwrap();
     let (code, text) = expect_amqprs_channel_close(&mut events).await;
-    assert_eq!((code, text), (406, format!("PRECONDITION_FAILED - unknown delivery tag {tag}")));
+    assert_eq!(
+        (code, text),
+        (
+            406,
+            format!("PRECONDITION_FAILED - unknown delivery tag {tag}")
+        )
+    );
     broker.shutdown().await;
 }
 
@@ -333,7 +422,9 @@ async fn basic_recover_requeues_unacked_messages_as_redelivered() {
     let first = next(&mut consumer).await;
     let second = next(&mut consumer).await;
     assert!(!first.redelivered && !second.redelivered);
-    cch.basic_recover(BasicRecoverOptions { requeue: true }).await.expect("basic.recover");
+    cch.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .expect("basic.recover");
     let a = next(&mut consumer).await;
     let b = next(&mut consumer).await;
     assert!(a.redelivered && b.redelivered);
@@ -427,9 +518,13 @@ async fn basic_get_ignores_the_prefetch_limit() {
     let q = temp_queue(&ch).await;
     publish_n(&ch, &q, 3).await;
     let gch = channel(&conn).await;
-    gch.basic_qos(1, BasicQosOptions { global: true }).await.unwrap();
+    gch.basic_qos(1, BasicQosOptions { global: true })
+        .await
+        .unwrap();
     for expected in ["1", "2", "3"] {
-        let m = get(&gch, &q).await.expect("basic.get is not limited by qos");
+        let m = get(&gch, &q)
+            .await
+            .expect("basic.get is not limited by qos");
         assert_eq!(m.delivery.data, expected.as_bytes());
     }
     broker.shutdown().await;
@@ -442,13 +537,19 @@ async fn deliveries_under_qos(qos: &[(u16, bool)], expect: usize) -> Vec<u32> {
     let broker = TestBroker::start().await;
     let conn = broker.lapin().await;
     let ch = confirm_channel(&conn).await;
-    let queues = vec![temp_queue(&ch).await, temp_queue(&ch).await, temp_queue(&ch).await];
+    let queues = vec![
+        temp_queue(&ch).await,
+        temp_queue(&ch).await,
+        temp_queue(&ch).await,
+    ];
     for q in &queues {
         publish_n(&ch, q, 2).await;
     }
     let cch = channel(&conn).await;
     for (count, global) in qos {
-        cch.basic_qos(*count, BasicQosOptions { global: *global }).await.unwrap();
+        cch.basic_qos(*count, BasicQosOptions { global: *global })
+            .await
+            .unwrap();
     }
     let mut consumers = Vec::new();
     for q in &queues {
@@ -473,8 +574,15 @@ async fn deliveries_under_qos(qos: &[(u16, bool)], expect: usize) -> Vec<u32> {
 async fn global_limit_set_after_a_per_consumer_limit_applies_on_top_of_it() {
     // Each consumer may hold 1, the channel 2 in total.
     let counts = deliveries_under_qos(&[(1, false), (2, true)], 2).await;
-    assert_eq!(counts.iter().sum::<u32>(), 4, "two unacked in total: {counts:?}");
-    assert!(counts.iter().all(|&n| n >= 1), "no consumer exceeds its own limit: {counts:?}");
+    assert_eq!(
+        counts.iter().sum::<u32>(),
+        4,
+        "two unacked in total: {counts:?}"
+    );
+    assert!(
+        counts.iter().all(|&n| n >= 1),
+        "no consumer exceeds its own limit: {counts:?}"
+    );
 }
 
 /// RabbitMQ quirk: basic.qos with global=false also lifts the channel-wide
@@ -509,17 +617,25 @@ async fn amqprs_prefetch_and_ack_release_the_next_message() {
     let (ch, _events) = amqprs_channel(&conn).await;
     let q = amqprs_temp_queue(&ch).await;
     for i in 1..=3 {
-        ch.basic_publish(amqprs::BasicProperties::default(), format!("{i}").into_bytes(), amqprs::channel::BasicPublishArguments::new("", &q))
-            .await
-            .unwrap();
+        ch.basic_publish(
+            amqprs::BasicProperties::default(),
+            format!("{i}").into_bytes(),
+            amqprs::channel::BasicPublishArguments::new("", &q),
+        )
+        .await
+        .unwrap();
     }
-    ch.basic_qos(amqprs::channel::BasicQosArguments::new(0, 1, false)).await.unwrap();
+    ch.basic_qos(amqprs::channel::BasicQosArguments::new(0, 1, false))
+        .await
+        .unwrap();
     let (_, mut rx) = amqprs_consume(&ch, &q, false).await;
     for expected in ["1", "2", "3"] {
         let m = amqprs_next(&mut rx).await;
         assert_eq!(amqprs_body(&m), expected.as_bytes());
         let tag = m.deliver.unwrap().delivery_tag();
-        ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false)).await.unwrap();
+        ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false))
+            .await
+            .unwrap();
     }
     conn.close().await.unwrap();
     broker.shutdown().await;

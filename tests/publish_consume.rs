@@ -21,7 +21,10 @@ async fn consumer_receives_published_messages_with_routing_info() {
     assert_eq!(d.exchange.as_str(), "");
     assert_eq!(d.routing_key.as_str(), q);
     assert!(!d.redelivered);
-    assert_eq!(d.delivery_tag, 1, "delivery tags start at 1 on each channel");
+    assert_eq!(
+        d.delivery_tag, 1,
+        "delivery tags start at 1 on each channel"
+    );
     broker.shutdown().await;
 }
 
@@ -44,12 +47,18 @@ async fn client_chosen_consumer_tag_is_used() {
     let conn = broker.amqprs().await;
     let (ch, _events) = amqprs_channel(&conn).await;
     let q = amqprs_temp_queue(&ch).await;
-    let args = amqprs::channel::BasicConsumeArguments::new(&q, "my-tag").manual_ack(false).finish();
+    let args = amqprs::channel::BasicConsumeArguments::new(&q, "my-tag")
+        .manual_ack(false)
+        .finish();
     let (tag, mut rx) = ch.basic_consume_rx(args).await.unwrap();
     assert_eq!(tag, "my-tag");
-    ch.basic_publish(amqprs::BasicProperties::default(), b"x".to_vec(), amqprs::channel::BasicPublishArguments::new("", &q))
-        .await
-        .unwrap();
+    ch.basic_publish(
+        amqprs::BasicProperties::default(),
+        b"x".to_vec(),
+        amqprs::channel::BasicPublishArguments::new("", &q),
+    )
+    .await
+    .unwrap();
     let m = amqprs_next(&mut rx).await;
     assert_eq!(m.deliver.as_ref().unwrap().consumer_tag(), "my-tag");
     conn.close().await.unwrap();
@@ -66,7 +75,10 @@ async fn mandatory_unroutable_message_is_returned_with_312_no_route() {
         .basic_publish(
             "amq.direct".into(),
             key.as_str().into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
             b"bounce",
             BasicProperties::default().with_message_id("m1".into()),
         )
@@ -74,13 +86,23 @@ async fn mandatory_unroutable_message_is_returned_with_312_no_route() {
         .unwrap();
     let confirmation = within("confirm", confirm).await.unwrap();
     assert!(confirmation.is_ack(), "unroutable messages are still acked");
-    let returned = confirmation.take_message().expect("the message is returned first");
+    let returned = confirmation
+        .take_message()
+        .expect("the message is returned first");
     assert_eq!(returned.reply_code, 312);
     assert_eq!(returned.reply_text.as_str(), "NO_ROUTE");
     assert_eq!(returned.delivery.exchange.as_str(), "amq.direct");
     assert_eq!(returned.delivery.routing_key.as_str(), key);
     assert_eq!(returned.delivery.data, b"bounce");
-    assert_eq!(returned.delivery.properties.message_id().as_ref().map(|s| s.as_str()), Some("m1"));
+    assert_eq!(
+        returned
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("m1")
+    );
     broker.shutdown().await;
 }
 
@@ -92,7 +114,9 @@ async fn amqprs_sees_basic_return_for_mandatory_unroutable() {
     let key = unique("nowhere");
     let mut args = amqprs::channel::BasicPublishArguments::new("amq.direct", &key);
     args.mandatory = true;
-    ch.basic_publish(amqprs::BasicProperties::default(), b"bounce".to_vec(), args).await.unwrap();
+    ch.basic_publish(amqprs::BasicProperties::default(), b"bounce".to_vec(), args)
+        .await
+        .unwrap();
     assert_eq!(
         next_chan_event(&mut events).await,
         ChanEvent::Return {
@@ -114,7 +138,16 @@ async fn mandatory_routable_message_is_not_returned() {
     let ch = confirm_channel(&conn).await;
     let q = temp_queue(&ch).await;
     let confirm = ch
-        .basic_publish("".into(), q.as_str().into(), BasicPublishOptions { mandatory: true, ..Default::default() }, b"ok", BasicProperties::default())
+        .basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"ok",
+            BasicProperties::default(),
+        )
         .await
         .unwrap();
     let confirmation = within("confirm", confirm).await.unwrap();
@@ -130,9 +163,13 @@ async fn publishing_to_a_missing_exchange_closes_the_channel_with_404() {
     let conn = broker.amqprs().await;
     let (ch, mut events) = amqprs_channel(&conn).await;
     let x = unique("missing");
-    ch.basic_publish(amqprs::BasicProperties::default(), b"x".to_vec(), amqprs::channel::BasicPublishArguments::new(&x, "k"))
-        .await
-        .unwrap();
+    ch.basic_publish(
+        amqprs::BasicProperties::default(),
+        b"x".to_vec(),
+        amqprs::channel::BasicPublishArguments::new(&x, "k"),
+    )
+    .await
+    .unwrap();
     let (code, text) = expect_amqprs_channel_close(&mut events).await;
     assert_eq!(code, 404);
     assert_eq!(text, format!("NOT_FOUND - no exchange '{x}' in vhost '/'"));
@@ -152,7 +189,9 @@ async fn immediate_publish_closes_the_connection_with_540() {
     let q = amqprs_temp_queue(&ch).await;
     let mut args = amqprs::channel::BasicPublishArguments::new("", &q);
     args.immediate = true;
-    ch.basic_publish(amqprs::BasicProperties::default(), b"now".to_vec(), args).await.unwrap();
+    ch.basic_publish(amqprs::BasicProperties::default(), b"now".to_vec(), args)
+        .await
+        .unwrap();
     let (code, text) = expect_amqprs_connection_close(&mut conn_events).await;
     assert_eq!(code, 540);
     assert_eq!(text, "NOT_IMPLEMENTED - immediate=true");
@@ -165,8 +204,16 @@ async fn user_id_must_match_the_authenticated_user() {
     let conn = broker.amqprs().await;
     let (ch, mut events) = amqprs_channel(&conn).await;
     let q = amqprs_temp_queue(&ch).await;
-    let props = amqprs::BasicProperties::default().with_user_id("mallory").finish();
-    ch.basic_publish(props, b"x".to_vec(), amqprs::channel::BasicPublishArguments::new("", &q)).await.unwrap();
+    let props = amqprs::BasicProperties::default()
+        .with_user_id("mallory")
+        .finish();
+    ch.basic_publish(
+        props,
+        b"x".to_vec(),
+        amqprs::channel::BasicPublishArguments::new("", &q),
+    )
+    .await
+    .unwrap();
     let (code, text) = expect_amqprs_channel_close(&mut events).await;
     assert_eq!(code, 406);
     assert_eq!(
@@ -198,9 +245,13 @@ async fn amqprs_large_body_round_trips_through_basic_get() {
     let (ch, _events) = amqprs_channel(&conn).await;
     let q = amqprs_temp_queue(&ch).await;
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 13) as u8).collect();
-    ch.basic_publish(amqprs::BasicProperties::default(), body.clone(), amqprs::channel::BasicPublishArguments::new("", &q))
-        .await
-        .unwrap();
+    ch.basic_publish(
+        amqprs::BasicProperties::default(),
+        body.clone(),
+        amqprs::channel::BasicPublishArguments::new("", &q),
+    )
+    .await
+    .unwrap();
     let (_, mut rx) = amqprs_consume(&ch, &q, true).await;
     let m = amqprs_next(&mut rx).await;
     assert!(amqprs_body(&m) == body);
@@ -222,7 +273,10 @@ async fn empty_body_round_trips() {
 
 fn every_field_type() -> FieldTable {
     let mut nested = FieldTable::default();
-    nested.insert("inner".into(), AMQPValue::LongString(LongString::from(b"deep".to_vec())));
+    nested.insert(
+        "inner".into(),
+        AMQPValue::LongString(LongString::from(b"deep".to_vec())),
+    );
     let mut t = FieldTable::default();
     t.insert("bool".into(), AMQPValue::Boolean(true));
     t.insert("i8".into(), AMQPValue::ShortShortInt(-8));
@@ -234,8 +288,17 @@ fn every_field_type() -> FieldTable {
     t.insert("i64".into(), AMQPValue::LongLongInt(-6_400_000_000));
     t.insert("f32".into(), AMQPValue::Float(1.5));
     t.insert("f64".into(), AMQPValue::Double(-2.25));
-    t.insert("decimal".into(), AMQPValue::DecimalValue(DecimalValue { scale: 2, value: 12345 }));
-    t.insert("longstr".into(), AMQPValue::LongString(LongString::from(b"text \xe2\x9c\x93".to_vec())));
+    t.insert(
+        "decimal".into(),
+        AMQPValue::DecimalValue(DecimalValue {
+            scale: 2,
+            value: 12345,
+        }),
+    );
+    t.insert(
+        "longstr".into(),
+        AMQPValue::LongString(LongString::from(b"text \xe2\x9c\x93".to_vec())),
+    );
     t.insert(
         "array".into(),
         AMQPValue::FieldArray(FieldArray::from(vec![
@@ -246,7 +309,10 @@ fn every_field_type() -> FieldTable {
     );
     t.insert("timestamp".into(), AMQPValue::Timestamp(1_700_000_000));
     t.insert("table".into(), AMQPValue::FieldTable(nested));
-    t.insert("bytes".into(), AMQPValue::ByteArray(ByteArray::from(vec![0u8, 1, 2, 255])));
+    t.insert(
+        "bytes".into(),
+        AMQPValue::ByteArray(ByteArray::from(vec![0u8, 1, 2, 255])),
+    );
     t.insert("void".into(), AMQPValue::Void);
     t
 }
@@ -301,7 +367,9 @@ async fn every_field_table_value_type_round_trips_in_headers() {
     broker.shutdown().await;
 }
 
-fn sorted<K: std::fmt::Debug, V: std::fmt::Debug>(m: &std::collections::HashMap<K, V>) -> Vec<String> {
+fn sorted<K: std::fmt::Debug, V: std::fmt::Debug>(
+    m: &std::collections::HashMap<K, V>,
+) -> Vec<String> {
     let mut v: Vec<String> = m.iter().map(|(k, v)| format!("{k:?}={v:?}")).collect();
     v.sort();
     v
@@ -315,7 +383,10 @@ async fn amqprs_properties_round_trip() {
     let q = amqprs_temp_queue(&ch).await;
     let mut headers = amqprs::FieldTable::new();
     headers.insert("n".try_into().unwrap(), amqprs::FieldValue::I(42));
-    headers.insert("s".try_into().unwrap(), amqprs::FieldValue::S("str".try_into().unwrap()));
+    headers.insert(
+        "s".try_into().unwrap(),
+        amqprs::FieldValue::S("str".try_into().unwrap()),
+    );
     let props = amqprs::BasicProperties::default()
         .with_content_type("text/plain")
         .with_content_encoding("utf-8")
@@ -332,9 +403,13 @@ async fn amqprs_properties_round_trip() {
         .with_app_id("a")
         .with_cluster_id("cl")
         .finish();
-    ch.basic_publish(props.clone(), b"p".to_vec(), amqprs::channel::BasicPublishArguments::new("", &q))
-        .await
-        .unwrap();
+    ch.basic_publish(
+        props.clone(),
+        b"p".to_vec(),
+        amqprs::channel::BasicPublishArguments::new("", &q),
+    )
+    .await
+    .unwrap();
     let (_, mut rx) = amqprs_consume(&ch, &q, true).await;
     let m = amqprs_next(&mut rx).await;
     let got = m.basic_properties.expect("properties");
@@ -342,7 +417,10 @@ async fn amqprs_properties_round_trip() {
     assert_eq!(got.content_encoding(), props.content_encoding());
     let got_headers: &std::collections::HashMap<_, _> = got.headers().expect("headers").as_ref();
     let sent_headers: &std::collections::HashMap<_, _> = props.headers().unwrap().as_ref();
-    assert_eq!(format!("{:?}", sorted(got_headers)), format!("{:?}", sorted(sent_headers)));
+    assert_eq!(
+        format!("{:?}", sorted(got_headers)),
+        format!("{:?}", sorted(sent_headers))
+    );
     assert_eq!(got.delivery_mode(), props.delivery_mode());
     assert_eq!(got.priority(), props.priority());
     assert_eq!(got.correlation_id(), props.correlation_id());
@@ -386,12 +464,18 @@ async fn amqprs_basic_get_and_get_empty() {
     let conn = broker.amqprs().await;
     let (ch, _events) = amqprs_channel(&conn).await;
     let q = amqprs_temp_queue(&ch).await;
-    let get_args = amqprs::channel::BasicGetArguments::new(&q).no_ack(true).finish();
+    let get_args = amqprs::channel::BasicGetArguments::new(&q)
+        .no_ack(true)
+        .finish();
     assert!(ch.basic_get(get_args.clone()).await.unwrap().is_none());
     for b in ["one", "two"] {
-        ch.basic_publish(amqprs::BasicProperties::default(), b.as_bytes().to_vec(), amqprs::channel::BasicPublishArguments::new("", &q))
-            .await
-            .unwrap();
+        ch.basic_publish(
+            amqprs::BasicProperties::default(),
+            b.as_bytes().to_vec(),
+            amqprs::channel::BasicPublishArguments::new("", &q),
+        )
+        .await
+        .unwrap();
     }
     // Publishes are asynchronous; poll until the first one is there.
     let deadline = std::time::Instant::now() + TIMEOUT;
@@ -433,7 +517,12 @@ async fn consuming_a_missing_queue_fails_with_404() {
     let ch = channel(&conn).await;
     let q = unique("missing");
     assert_amqp_error(
-        ch.basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions::default(), no_args()),
+        ch.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        ),
         404,
         &format!("NOT_FOUND - no queue '{q}' in vhost '/'"),
     )
@@ -447,9 +536,22 @@ async fn reusing_a_consumer_tag_on_a_channel_closes_the_connection_with_530() {
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     let q = temp_queue(&ch).await;
-    let _first = ch.basic_consume(q.as_str().into(), "dup".into(), BasicConsumeOptions::default(), no_args()).await.unwrap();
+    let _first = ch
+        .basic_consume(
+            q.as_str().into(),
+            "dup".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
     assert_amqp_error(
-        ch.basic_consume(q.as_str().into(), "dup".into(), BasicConsumeOptions::default(), no_args()),
+        ch.basic_consume(
+            q.as_str().into(),
+            "dup".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        ),
         530,
         "NOT_ALLOWED - attempt to reuse consumer tag 'dup'",
     )
@@ -464,8 +566,24 @@ async fn the_same_consumer_tag_may_be_used_on_different_channels() {
     let ch1 = channel(&conn).await;
     let ch2 = channel(&conn).await;
     let q = temp_queue(&ch1).await;
-    let _c1 = ch1.basic_consume(q.as_str().into(), "same".into(), BasicConsumeOptions::default(), no_args()).await.unwrap();
-    let _c2 = ch2.basic_consume(q.as_str().into(), "same".into(), BasicConsumeOptions::default(), no_args()).await.unwrap();
+    let _c1 = ch1
+        .basic_consume(
+            q.as_str().into(),
+            "same".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    let _c2 = ch2
+        .basic_consume(
+            q.as_str().into(),
+            "same".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
     assert_eq!(consumer_count(&ch1, &q).await, 2);
     broker.shutdown().await;
 }
@@ -476,10 +594,23 @@ async fn exclusive_consumer_blocks_other_consumers_with_403() {
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     let q = temp_queue(&ch).await;
-    let _exclusive = consume_opts(&ch, &q, BasicConsumeOptions { exclusive: true, ..Default::default() }).await;
+    let _exclusive = consume_opts(
+        &ch,
+        &q,
+        BasicConsumeOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await;
     let ch2 = channel(&conn).await;
     assert_amqp_error(
-        ch2.basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions::default(), no_args()),
+        ch2.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        ),
         403,
         &format!("ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use"),
     )
@@ -496,7 +627,15 @@ async fn exclusive_consume_fails_with_403_when_the_queue_has_consumers() {
     let _existing = consume(&ch, &q).await;
     let ch2 = channel(&conn).await;
     assert_amqp_error(
-        ch2.basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions { exclusive: true, ..Default::default() }, no_args()),
+        ch2.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            no_args(),
+        ),
         403,
         &format!("ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use"),
     )
@@ -554,7 +693,9 @@ async fn basic_cancel_stops_deliveries_and_leaves_messages_queued() {
     let mut consumer = consume_no_ack(&cch, &q).await;
     publish_confirmed(&ch, "", &q, b"before").await;
     assert_eq!(next(&mut consumer).await.data, b"before");
-    cch.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await.expect("basic.cancel");
+    cch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+        .expect("basic.cancel");
     expect_consumer_end(&mut consumer).await;
     publish_confirmed(&ch, "", &q, b"after").await;
     assert_eq!(consumer_count(&ch, &q).await, 0);
@@ -580,11 +721,19 @@ async fn deleting_a_queue_sends_basic_cancel_to_its_consumers() {
     let conn = broker.amqprs().await;
     let (ch, mut events) = amqprs_channel(&conn).await;
     let q = unique("cancelled");
-    ch.queue_declare(amqprs::channel::QueueDeclareArguments::new(&q)).await.unwrap();
+    ch.queue_declare(amqprs::channel::QueueDeclareArguments::new(&q))
+        .await
+        .unwrap();
     let (tag, _rx) = amqprs_consume(&ch, &q, false).await;
     let (other, _) = amqprs_channel(&conn).await;
-    other.queue_delete(amqprs::channel::QueueDeleteArguments::new(&q)).await.unwrap();
-    assert_eq!(next_chan_event(&mut events).await, ChanEvent::Cancel { consumer_tag: tag });
+    other
+        .queue_delete(amqprs::channel::QueueDeleteArguments::new(&q))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_chan_event(&mut events).await,
+        ChanEvent::Cancel { consumer_tag: tag }
+    );
     // The channel stays open.
     amqprs_temp_queue(&ch).await;
     conn.close().await.unwrap();
@@ -599,7 +748,10 @@ async fn lapin_consumer_ends_when_its_queue_is_deleted() {
     let q = shared_queue(&ch).await;
     let mut consumer = consume(&ch, &q).await;
     let other = channel(&conn).await;
-    other.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+    other
+        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     expect_consumer_end(&mut consumer).await;
     broker.shutdown().await;
 }

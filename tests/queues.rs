@@ -12,7 +12,10 @@ async fn server_named_queue_starts_with_amq_gen() {
     let broker = TestBroker::start().await;
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
-    let q = ch.queue_declare("".into(), QueueDeclareOptions::exclusive(), no_args()).await.unwrap();
+    let q = ch
+        .queue_declare("".into(), QueueDeclareOptions::exclusive(), no_args())
+        .await
+        .unwrap();
     let name = q.name().as_str();
     assert!(name.starts_with("amq.gen-"), "{name}");
     assert!(name.len() > "amq.gen-".len());
@@ -26,7 +29,10 @@ async fn server_named_queues_are_distinct() {
     let (ch, _events) = amqprs_channel(&conn).await;
     let a = amqprs_temp_queue(&ch).await;
     let b = amqprs_temp_queue(&ch).await;
-    assert!(a.starts_with("amq.gen-") && b.starts_with("amq.gen-"), "{a} {b}");
+    assert!(
+        a.starts_with("amq.gen-") && b.starts_with("amq.gen-"),
+        "{a} {b}"
+    );
     assert_ne!(a, b);
     conn.close().await.unwrap();
     broker.shutdown().await;
@@ -41,14 +47,28 @@ async fn declare_ok_reports_message_and_consumer_counts() {
     for n in 0..3 {
         publish_confirmed(&ch, "", &q, format!("{n}").as_bytes()).await;
     }
-    let ok = ch.queue_declare(q.as_str().into(), QueueDeclareOptions::exclusive(), no_args()).await.unwrap();
+    let ok = ch
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::exclusive(),
+            no_args(),
+        )
+        .await
+        .unwrap();
     assert_eq!((ok.message_count(), ok.consumer_count()), (3, 0));
     // A consumer limited to one unacked message takes one of the three.
     let ch2 = channel(&conn).await;
     ch2.basic_qos(1, BasicQosOptions::default()).await.unwrap();
     let mut consumer = consume(&ch2, &q).await;
     next(&mut consumer).await;
-    let ok = ch.queue_declare(q.as_str().into(), QueueDeclareOptions::exclusive(), no_args()).await.unwrap();
+    let ok = ch
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::exclusive(),
+            no_args(),
+        )
+        .await
+        .unwrap();
     assert_eq!((ok.message_count(), ok.consumer_count()), (2, 1));
     broker.shutdown().await;
 }
@@ -74,7 +94,14 @@ async fn passive_declare_of_a_missing_queue_fails_with_404() {
     let ch = channel(&conn).await;
     let q = unique("missing");
     assert_amqp_error(
-        ch.queue_declare(q.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, no_args()),
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            no_args(),
+        ),
         404,
         &format!("NOT_FOUND - no queue '{q}' in vhost '/'"),
     )
@@ -88,10 +115,19 @@ async fn durable_queue_can_be_declared_and_redeclared() {
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     let q = unique("durable");
-    let opts = QueueDeclareOptions { durable: true, ..Default::default() };
-    ch.queue_declare(q.as_str().into(), opts, no_args()).await.unwrap();
-    ch.queue_declare(q.as_str().into(), opts, no_args()).await.expect("equivalent redeclare");
-    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+    let opts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(q.as_str().into(), opts, no_args())
+        .await
+        .unwrap();
+    ch.queue_declare(q.as_str().into(), opts, no_args())
+        .await
+        .expect("equivalent redeclare");
+    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     broker.shutdown().await;
 }
 
@@ -249,14 +285,25 @@ async fn auto_delete_queue_is_deleted_after_its_last_consumer_cancels() {
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     let q = unique("ad");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions { auto_delete: true, ..Default::default() }, no_args())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        no_args(),
+    )
+    .await
+    .unwrap();
     let c1 = consume(&ch, &q).await;
     let c2 = consume(&ch, &q).await;
-    ch.basic_cancel(c1.tag(), BasicCancelOptions::default()).await.unwrap();
+    ch.basic_cancel(c1.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
     assert!(queue_exists(&conn, &q).await, "one consumer is left");
-    ch.basic_cancel(c2.tag(), BasicCancelOptions::default()).await.unwrap();
+    ch.basic_cancel(c2.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
     assert!(
         eventually(|| async { !queue_exists(&conn, &q).await }).await,
         "auto-delete queue outlived its last consumer"
@@ -270,9 +317,16 @@ async fn auto_delete_queue_without_consumers_is_kept() {
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     let q = unique("ad");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions { auto_delete: true, ..Default::default() }, no_args())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        no_args(),
+    )
+    .await
+    .unwrap();
     assert!(queue_exists(&conn, &q).await);
     delete_queue(&conn, &q).await;
     broker.shutdown().await;
@@ -284,9 +338,16 @@ async fn auto_delete_queue_is_deleted_when_its_consumer_channel_closes() {
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     let q = unique("ad");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions { auto_delete: true, ..Default::default() }, no_args())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        no_args(),
+    )
+    .await
+    .unwrap();
     let cch = channel(&conn).await;
     let _c = consume(&cch, &q).await;
     cch.close(200, "bye".into()).await.unwrap();
@@ -303,7 +364,9 @@ async fn bind_routes_and_unbind_stops_routing() {
     let q = temp_queue(&ch).await;
     bind(&ch, &q, &x, "k").await;
     publish_confirmed(&ch, &x, "k", b"bound").await;
-    ch.queue_unbind(q.as_str().into(), x.as_str().into(), "k".into(), no_args()).await.expect("queue.unbind");
+    ch.queue_unbind(q.as_str().into(), x.as_str().into(), "k".into(), no_args())
+        .await
+        .expect("queue.unbind");
     publish_confirmed(&ch, &x, "k", b"unbound").await;
     assert_eq!(drain(&ch, &q).await, bodies(["bound"]));
     delete_exchange(&conn, &x).await;
@@ -317,9 +380,14 @@ async fn unbinding_a_missing_binding_succeeds() {
     let ch = channel(&conn).await;
     let x = temp_exchange(&ch, ExchangeKind::Direct).await;
     let q = temp_queue(&ch).await;
-    ch.queue_unbind(q.as_str().into(), x.as_str().into(), "never-bound".into(), no_args())
-        .await
-        .expect("queue.unbind is idempotent");
+    ch.queue_unbind(
+        q.as_str().into(),
+        x.as_str().into(),
+        "never-bound".into(),
+        no_args(),
+    )
+    .await
+    .expect("queue.unbind is idempotent");
     delete_exchange(&conn, &x).await;
     broker.shutdown().await;
 }
@@ -331,7 +399,13 @@ async fn binding_a_missing_queue_fails_with_404() {
     let ch = channel(&conn).await;
     let q = unique("missing");
     assert_amqp_error(
-        ch.queue_bind(q.as_str().into(), "amq.direct".into(), "k".into(), QueueBindOptions::default(), no_args()),
+        ch.queue_bind(
+            q.as_str().into(),
+            "amq.direct".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        ),
         404,
         &format!("NOT_FOUND - no queue '{q}' in vhost '/'"),
     )
@@ -348,7 +422,10 @@ async fn purge_returns_the_number_of_purged_messages() {
     for _ in 0..5 {
         publish_confirmed(&ch, "", &q, b"m").await;
     }
-    let purged = ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default()).await.unwrap();
+    let purged = ch
+        .queue_purge(q.as_str().into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
     assert_eq!(purged, 5);
     assert_eq!(message_count(&ch, &q).await, 0);
     broker.shutdown().await;
@@ -363,8 +440,18 @@ async fn purge_leaves_unacked_messages_alone() {
     publish_confirmed(&ch, "", &q, b"held").await;
     publish_confirmed(&ch, "", &q, b"ready").await;
     let held = get(&ch, &q).await.expect("a message");
-    assert_eq!(ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default()).await.unwrap(), 1);
-    ch.basic_reject(held.delivery.delivery_tag, BasicRejectOptions { requeue: true }).await.unwrap();
+    assert_eq!(
+        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .unwrap(),
+        1
+    );
+    ch.basic_reject(
+        held.delivery.delivery_tag,
+        BasicRejectOptions { requeue: true },
+    )
+    .await
+    .unwrap();
     assert_eq!(drain(&ch, &q).await, bodies(["held"]));
     broker.shutdown().await;
 }
@@ -393,7 +480,10 @@ async fn delete_returns_the_number_of_ready_messages() {
     for _ in 0..3 {
         publish_confirmed(&ch, "", &q, b"m").await;
     }
-    let n = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+    let n = ch
+        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     assert_eq!(n, 3);
     assert!(!queue_exists(&conn, &q).await);
     broker.shutdown().await;
@@ -405,7 +495,10 @@ async fn deleting_a_missing_queue_succeeds_with_zero() {
     let conn = broker.lapin().await;
     let ch = channel(&conn).await;
     let n = ch
-        .queue_delete(unique("missing").as_str().into(), QueueDeleteOptions::default())
+        .queue_delete(
+            unique("missing").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
         .await
         .expect("queue.delete is idempotent");
     assert_eq!(n, 0);
@@ -421,7 +514,13 @@ async fn delete_if_unused_fails_with_406_while_consumed() {
     let _c = consume(&ch, &q).await;
     let ch2 = channel(&conn).await;
     assert_amqp_error(
-        ch2.queue_delete(q.as_str().into(), QueueDeleteOptions { if_unused: true, ..Default::default() }),
+        ch2.queue_delete(
+            q.as_str().into(),
+            QueueDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        ),
         406,
         &format!("PRECONDITION_FAILED - queue '{q}' in vhost '/' in use"),
     )
@@ -438,7 +537,13 @@ async fn delete_if_empty_fails_with_406_while_messages_are_ready() {
     let q = temp_queue(&ch).await;
     publish_confirmed(&ch, "", &q, b"m").await;
     assert_amqp_error(
-        ch.queue_delete(q.as_str().into(), QueueDeleteOptions { if_empty: true, ..Default::default() }),
+        ch.queue_delete(
+            q.as_str().into(),
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        ),
         406,
         &format!("PRECONDITION_FAILED - queue '{q}' in vhost '/' not empty"),
     )
@@ -454,7 +559,14 @@ async fn delete_if_empty_and_if_unused_succeed_on_an_idle_empty_queue() {
     let ch = channel(&conn).await;
     let q = temp_queue(&ch).await;
     let n = ch
-        .queue_delete(q.as_str().into(), QueueDeleteOptions { if_empty: true, if_unused: true, ..Default::default() })
+        .queue_delete(
+            q.as_str().into(),
+            QueueDeleteOptions {
+                if_empty: true,
+                if_unused: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(n, 0);
@@ -493,7 +605,12 @@ async fn requeued_message_returns_to_its_original_position() {
     }
     let first = get(&ch, &q).await.unwrap();
     assert_eq!(first.delivery.data, b"1");
-    ch.basic_reject(first.delivery.delivery_tag, BasicRejectOptions { requeue: true }).await.unwrap();
+    ch.basic_reject(
+        first.delivery.delivery_tag,
+        BasicRejectOptions { requeue: true },
+    )
+    .await
+    .unwrap();
     assert_eq!(drain(&ch, &q).await, bodies(["1", "2", "3"]));
     broker.shutdown().await;
 }
@@ -510,8 +627,18 @@ async fn requeued_messages_keep_their_relative_order() {
     let m1 = get(&ch, &q).await.unwrap();
     let m2 = get(&ch, &q).await.unwrap();
     // Requeue in reverse order: RabbitMQ still puts them back as 1, 2.
-    ch.basic_reject(m2.delivery.delivery_tag, BasicRejectOptions { requeue: true }).await.unwrap();
-    ch.basic_reject(m1.delivery.delivery_tag, BasicRejectOptions { requeue: true }).await.unwrap();
+    ch.basic_reject(
+        m2.delivery.delivery_tag,
+        BasicRejectOptions { requeue: true },
+    )
+    .await
+    .unwrap();
+    ch.basic_reject(
+        m1.delivery.delivery_tag,
+        BasicRejectOptions { requeue: true },
+    )
+    .await
+    .unwrap();
     assert_eq!(drain(&ch, &q).await, bodies(["1", "2", "3", "4"]));
     broker.shutdown().await;
 }
@@ -532,13 +659,23 @@ async fn amqprs_declare_bind_purge_and_delete() {
         .unwrap()
         .unwrap();
     assert_eq!((name.as_str(), messages, consumers), (q.as_str(), 0, 0));
-    ch.queue_bind(QueueBindArguments::new(&q, "amq.direct", &q)).await.unwrap();
-    ch.basic_publish(amqprs::BasicProperties::default(), b"a".to_vec(), BasicPublishArguments::new("amq.direct", &q))
+    ch.queue_bind(QueueBindArguments::new(&q, "amq.direct", &q))
         .await
         .unwrap();
-    ch.basic_publish(amqprs::BasicProperties::default(), b"b".to_vec(), BasicPublishArguments::new("", &q))
-        .await
-        .unwrap();
+    ch.basic_publish(
+        amqprs::BasicProperties::default(),
+        b"a".to_vec(),
+        BasicPublishArguments::new("amq.direct", &q),
+    )
+    .await
+    .unwrap();
+    ch.basic_publish(
+        amqprs::BasicProperties::default(),
+        b"b".to_vec(),
+        BasicPublishArguments::new("", &q),
+    )
+    .await
+    .unwrap();
     // queue.declare is synchronous and ordered after the publishes on this channel.
     let ok = eventually(|| async {
         let (_, n, _) = ch
@@ -550,9 +687,19 @@ async fn amqprs_declare_bind_purge_and_delete() {
     })
     .await;
     assert!(ok);
-    ch.queue_unbind(QueueUnbindArguments::new(&q, "amq.direct", &q)).await.unwrap();
-    assert_eq!(ch.queue_purge(QueuePurgeArguments::new(&q)).await.unwrap(), Some(2));
-    assert_eq!(ch.queue_delete(QueueDeleteArguments::new(&q)).await.unwrap(), Some(0));
+    ch.queue_unbind(QueueUnbindArguments::new(&q, "amq.direct", &q))
+        .await
+        .unwrap();
+    assert_eq!(
+        ch.queue_purge(QueuePurgeArguments::new(&q)).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        ch.queue_delete(QueueDeleteArguments::new(&q))
+            .await
+            .unwrap(),
+        Some(0)
+    );
     conn.close().await.unwrap();
     broker.shutdown().await;
 }
@@ -565,21 +712,39 @@ async fn empty_queue_name_refers_to_the_last_declared_queue() {
     let broker = TestBroker::start().await;
     let (mut c, _) = RawConn::open_connection(&broker).await;
     c.open_channel(1).await;
-    let declare = Enc::new().u16(0).short_str("").u8(0b0000_1100).empty_table().build();
+    let declare = Enc::new()
+        .u16(0)
+        .short_str("")
+        .u8(0b0000_1100)
+        .empty_table()
+        .build();
     c.send_method(1, 50, 10, &declare).await;
     let ok = c.expect_method(1, 50, 11).await;
     let q = Dec::new(&ok).short_str();
     let key = unique("k");
     // queue.bind with an empty queue name
-    let bind = Enc::new().u16(0).short_str("").short_str("amq.direct").short_str(&key).u8(0).empty_table().build();
+    let bind = Enc::new()
+        .u16(0)
+        .short_str("")
+        .short_str("amq.direct")
+        .short_str(&key)
+        .u8(0)
+        .empty_table()
+        .build();
     c.send_method(1, 50, 20, &bind).await;
     c.expect_method(1, 50, 21).await;
-    let publish = Enc::new().u16(0).short_str("amq.direct").short_str(&key).u8(0).build();
+    let publish = Enc::new()
+        .u16(0)
+        .short_str("amq.direct")
+        .short_str(&key)
+        .u8(0)
+        .build();
     c.send(&method_frame(1, 60, 40, &publish)).await;
     c.send(&header_frame(1, 2)).await;
     c.send(&frame(FRAME_BODY, 1, b"hi")).await;
     // queue.purge with an empty name reports the message routed to `q`
-    c.send_method(1, 50, 30, &Enc::new().u16(0).short_str("").u8(0).build()).await;
+    c.send_method(1, 50, 30, &Enc::new().u16(0).short_str("").u8(0).build())
+        .await;
     let purged = c.expect_method(1, 50, 31).await;
     assert_eq!(Dec::new(&purged).u32(), 1, "the message was routed to {q}");
     broker.shutdown().await;
@@ -591,7 +756,8 @@ async fn empty_queue_name_without_a_declared_queue_fails_with_404() {
     let broker = TestBroker::start().await;
     let (mut c, _) = RawConn::open_connection(&broker).await;
     c.open_channel(1).await;
-    c.send_method(1, 50, 30, &Enc::new().u16(0).short_str("").u8(0).build()).await;
+    c.send_method(1, 50, 30, &Enc::new().u16(0).short_str("").u8(0).build())
+        .await;
     match c.read_outcome().await {
         Outcome::ChannelClose(1, r) => {
             assert_eq!(r.code, 404);

@@ -15,7 +15,10 @@ async fn reply_to_protocol_header(broker: &TestBroker, header: &[u8]) -> Vec<u8>
     let mut c = RawConn::connect(broker).await;
     c.send(header).await;
     let reply = c.read_bytes(8).await;
-    assert!(c.wait_eof().await, "server closes the socket after a bad protocol header");
+    assert!(
+        c.wait_eof().await,
+        "server closes the socket after a bad protocol header"
+    );
     reply
 }
 
@@ -72,14 +75,23 @@ async fn frame_larger_than_frame_max_closes_the_connection_with_501() {
     let broker = TestBroker::start().await;
     let mut c = open(&broker).await;
     // A body frame of 200000 bytes, after a valid publish and header.
-    let publish = Enc::new().u16(0).short_str("").short_str("nowhere").u8(0).build();
+    let publish = Enc::new()
+        .u16(0)
+        .short_str("")
+        .short_str("nowhere")
+        .u8(0)
+        .build();
     c.send(&method_frame(1, 60, 40, &publish)).await;
     c.send(&header_frame(1, 200_000)).await;
-    c.send_lenient(&frame(FRAME_BODY, 1, &vec![b'x'; 200_000])).await;
+    c.send_lenient(&frame(FRAME_BODY, 1, &vec![b'x'; 200_000]))
+        .await;
     let text = expect_connection_error(&mut c, 501).await;
     // RabbitMQ reports the payload size and the largest payload frame_max allows
     // (frame_max - 8 octets of frame header and frame-end).
-    assert_eq!(text, "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,200000,131064}");
+    assert_eq!(
+        text,
+        "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,200000,131064}"
+    );
     assert_broker_still_serves(&broker).await;
     broker.shutdown().await;
 }
@@ -90,7 +102,10 @@ async fn unknown_frame_type_closes_the_connection_with_501() {
     let mut c = open(&broker).await;
     c.send(&frame(9, 1, b"hello")).await;
     let text = expect_connection_error(&mut c, 501).await;
-    assert_eq!(text, r#"FRAME_ERROR - type 9, all octets = <<"hello">>: unknown_frame"#);
+    assert_eq!(
+        text,
+        r#"FRAME_ERROR - type 9, all octets = <<"hello">>: unknown_frame"#
+    );
     assert_broker_still_serves(&broker).await;
     broker.shutdown().await;
 }
@@ -101,7 +116,10 @@ async fn body_frame_without_header_closes_the_connection_with_505() {
     let mut c = open(&broker).await;
     c.send(&frame(FRAME_BODY, 1, b"orphan body")).await;
     let text = expect_connection_error(&mut c, 505).await;
-    assert_eq!(text, "UNEXPECTED_FRAME - expected method frame, got non method frame instead");
+    assert_eq!(
+        text,
+        "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
+    );
     assert_broker_still_serves(&broker).await;
     broker.shutdown().await;
 }
@@ -112,7 +130,10 @@ async fn header_frame_without_publish_closes_the_connection_with_505() {
     let mut c = open(&broker).await;
     c.send(&header_frame(1, 5)).await;
     let text = expect_connection_error(&mut c, 505).await;
-    assert_eq!(text, "UNEXPECTED_FRAME - expected method frame, got non method frame instead");
+    assert_eq!(
+        text,
+        "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
+    );
     assert_broker_still_serves(&broker).await;
     broker.shutdown().await;
 }
@@ -121,7 +142,12 @@ async fn header_frame_without_publish_closes_the_connection_with_505() {
 async fn method_frame_instead_of_content_header_closes_the_connection_with_505() {
     let broker = TestBroker::start().await;
     let mut c = open(&broker).await;
-    let publish = Enc::new().u16(0).short_str("").short_str("nowhere").u8(0).build();
+    let publish = Enc::new()
+        .u16(0)
+        .short_str("")
+        .short_str("nowhere")
+        .u8(0)
+        .build();
     c.send(&method_frame(1, 60, 40, &publish)).await;
     c.send(&method_frame(1, 60, 40, &publish)).await;
     let text = expect_connection_error(&mut c, 505).await;
@@ -147,7 +173,8 @@ async fn method_on_a_channel_that_was_never_opened_closes_the_connection_with_50
 async fn second_channel_open_on_the_same_channel_closes_the_connection_with_504() {
     let broker = TestBroker::start().await;
     let mut c = open(&broker).await;
-    c.send(&method_frame(1, 20, 10, &Enc::new().short_str("").build())).await;
+    c.send(&method_frame(1, 20, 10, &Enc::new().short_str("").build()))
+        .await;
     let text = expect_connection_error(&mut c, 504).await;
     assert_eq!(text, "CHANNEL_ERROR - second 'channel.open' seen");
     assert_broker_still_serves(&broker).await;
@@ -158,7 +185,12 @@ async fn second_channel_open_on_the_same_channel_closes_the_connection_with_504(
 async fn bad_frame_end_octet_closes_the_connection_with_501() {
     let broker = TestBroker::start().await;
     let mut c = open(&broker).await;
-    let mut bytes = method_frame(1, 50, 10, &Enc::new().u16(0).short_str("").u8(0).empty_table().build());
+    let mut bytes = method_frame(
+        1,
+        50,
+        10,
+        &Enc::new().u16(0).short_str("").u8(0).empty_table().build(),
+    );
     *bytes.last_mut().unwrap() = 0x00;
     c.send(&bytes).await;
     let text = expect_connection_error(&mut c, 501).await;
@@ -228,7 +260,12 @@ async fn garbage_after_the_handshake_does_not_affect_other_connections() {
         "garbage must end the bad connection: {outcome:?}"
     );
     // The connection opened before the garbage keeps working.
-    let args = Enc::new().u16(0).short_str("").u8(0b0000_1100).empty_table().build();
+    let args = Enc::new()
+        .u16(0)
+        .short_str("")
+        .u8(0b0000_1100)
+        .empty_table()
+        .build();
     good.send(&method_frame(1, 50, 10, &args)).await;
     good.expect_method(1, 50, 11).await;
     assert_broker_still_serves(&broker).await;
@@ -240,11 +277,21 @@ async fn publish_with_header_and_body_split_over_frames_is_accepted() {
     let broker = TestBroker::start().await;
     let mut c = open(&broker).await;
     // exclusive server-named queue
-    let args = Enc::new().u16(0).short_str("").u8(0b0000_1100).empty_table().build();
+    let args = Enc::new()
+        .u16(0)
+        .short_str("")
+        .u8(0b0000_1100)
+        .empty_table()
+        .build();
     c.send(&method_frame(1, 50, 10, &args)).await;
     let ok = c.expect_method(1, 50, 11).await;
     let queue = common::raw::Dec::new(&ok).short_str();
-    let publish = Enc::new().u16(0).short_str("").short_str(&queue).u8(0).build();
+    let publish = Enc::new()
+        .u16(0)
+        .short_str("")
+        .short_str(&queue)
+        .u8(0)
+        .build();
     c.send(&method_frame(1, 60, 40, &publish)).await;
     c.send(&header_frame(1, 10)).await;
     c.send(&frame(FRAME_BODY, 1, b"hello")).await;

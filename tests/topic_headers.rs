@@ -22,10 +22,17 @@ async fn topic_matches(ch: &Channel, patterns: &[&str], keys: &[&str]) -> Vec<Ve
     let mut out = Vec::new();
     for q in &queues {
         let got = drain(ch, q).await;
-        out.push(got.into_iter().map(|b| String::from_utf8(b).unwrap()).collect());
+        out.push(
+            got.into_iter()
+                .map(|b| String::from_utf8(b).unwrap())
+                .collect(),
+        );
     }
     let _ = ch
-        .exchange_delete(x.as_str().into(), lapin::options::ExchangeDeleteOptions::default())
+        .exchange_delete(
+            x.as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
         .await;
     out
 }
@@ -42,7 +49,14 @@ async fn topic_star_matches_exactly_one_word() {
     let got = topic_matches(
         &ch,
         &["*.orange.*", "*"],
-        &["quick.orange.rabbit", "orange", "quick.orange", "a.orange.b.c", "..", "x"],
+        &[
+            "quick.orange.rabbit",
+            "orange",
+            "quick.orange",
+            "a.orange.b.c",
+            "..",
+            "x",
+        ],
     )
     .await;
     assert_eq!(got[0], strings(&["quick.orange.rabbit"]));
@@ -71,7 +85,17 @@ async fn topic_hash_matches_zero_or_more_words() {
     let got = topic_matches(
         &ch,
         &["lazy.#", "#.end", "a.#.b", "#"],
-        &["lazy", "lazy.orange", "lazy.a.b.c", "end", "x.y.end", "a.b", "a.x.y.b", "ab", ""],
+        &[
+            "lazy",
+            "lazy.orange",
+            "lazy.a.b.c",
+            "end",
+            "x.y.end",
+            "a.b",
+            "a.x.y.b",
+            "ab",
+            "",
+        ],
     )
     .await;
     assert_eq!(got[0], strings(&["lazy", "lazy.orange", "lazy.a.b.c"]));
@@ -79,7 +103,17 @@ async fn topic_hash_matches_zero_or_more_words() {
     assert_eq!(got[2], strings(&["a.b", "a.x.y.b"]));
     assert_eq!(
         got[3],
-        strings(&["lazy", "lazy.orange", "lazy.a.b.c", "end", "x.y.end", "a.b", "a.x.y.b", "ab", ""])
+        strings(&[
+            "lazy",
+            "lazy.orange",
+            "lazy.a.b.c",
+            "end",
+            "x.y.end",
+            "a.b",
+            "a.x.y.b",
+            "ab",
+            ""
+        ])
     );
     broker.shutdown().await;
 }
@@ -95,10 +129,22 @@ async fn topic_mixed_wildcards() {
         &["a", "a.b", "a.b.c", "a.q.z", "a.z", "a.q.r.s.z"],
     )
     .await;
-    assert_eq!(got[0], strings(&["a", "a.b", "a.b.c", "a.q.z", "a.z", "a.q.r.s.z"]));
-    assert_eq!(got[1], strings(&["a", "a.b", "a.b.c", "a.q.z", "a.z", "a.q.r.s.z"]));
-    assert_eq!(got[2], strings(&["a.b", "a.b.c", "a.q.z", "a.z", "a.q.r.s.z"]));
-    assert_eq!(got[3], strings(&["a", "a.b", "a.b.c", "a.q.z", "a.z", "a.q.r.s.z"]));
+    assert_eq!(
+        got[0],
+        strings(&["a", "a.b", "a.b.c", "a.q.z", "a.z", "a.q.r.s.z"])
+    );
+    assert_eq!(
+        got[1],
+        strings(&["a", "a.b", "a.b.c", "a.q.z", "a.z", "a.q.r.s.z"])
+    );
+    assert_eq!(
+        got[2],
+        strings(&["a.b", "a.b.c", "a.q.z", "a.z", "a.q.r.s.z"])
+    );
+    assert_eq!(
+        got[3],
+        strings(&["a", "a.b", "a.b.c", "a.q.z", "a.z", "a.q.r.s.z"])
+    );
     assert_eq!(got[4], strings(&["a.q.z", "a.q.r.s.z"]));
     broker.shutdown().await;
 }
@@ -108,7 +154,12 @@ async fn topic_without_wildcards_matches_exactly_and_case_sensitively() {
     let broker = TestBroker::start().await;
     let conn = broker.lapin().await;
     let ch = confirm_channel(&conn).await;
-    let got = topic_matches(&ch, &["stock.usd.nyse"], &["stock.usd.nyse", "Stock.usd.nyse", "stock.usd"]).await;
+    let got = topic_matches(
+        &ch,
+        &["stock.usd.nyse"],
+        &["stock.usd.nyse", "Stock.usd.nyse", "stock.usd"],
+    )
+    .await;
     assert_eq!(got[0], strings(&["stock.usd.nyse"]));
     broker.shutdown().await;
 }
@@ -165,7 +216,10 @@ async fn headers_matches(
     }
     if exchange.is_none() {
         let _ = ch
-            .exchange_delete(x.as_str().into(), lapin::options::ExchangeDeleteOptions::default())
+            .exchange_delete(
+                x.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
             .await;
     }
     drain(ch, &q)
@@ -183,7 +237,11 @@ async fn headers_all_requires_every_binding_header() {
     let got = headers_matches(
         &ch,
         None,
-        table(&[("x-match", s("all")), ("format", s("pdf")), ("type", s("report"))]),
+        table(&[
+            ("x-match", s("all")),
+            ("format", s("pdf")),
+            ("type", s("report")),
+        ]),
         vec![
             table(&[("format", s("pdf")), ("type", s("report"))]),
             table(&[("format", s("pdf")), ("type", s("report")), ("extra", i(1))]),
@@ -221,7 +279,11 @@ async fn headers_any_requires_one_binding_header() {
     let got = headers_matches(
         &ch,
         None,
-        table(&[("x-match", s("any")), ("format", s("pdf")), ("type", s("report"))]),
+        table(&[
+            ("x-match", s("any")),
+            ("format", s("pdf")),
+            ("type", s("report")),
+        ]),
         vec![
             table(&[("format", s("pdf"))]),
             table(&[("type", s("report"))]),
@@ -258,8 +320,15 @@ async fn headers_all_ignores_x_prefixed_binding_headers() {
     let got = headers_matches(
         &ch,
         None,
-        table(&[("x-match", s("all")), ("x-tenant", s("acme")), ("kind", s("a"))]),
-        vec![table(&[("kind", s("a"))]), table(&[("kind", s("a")), ("x-tenant", s("other"))])],
+        table(&[
+            ("x-match", s("all")),
+            ("x-tenant", s("acme")),
+            ("kind", s("a")),
+        ]),
+        vec![
+            table(&[("kind", s("a"))]),
+            table(&[("kind", s("a")), ("x-tenant", s("other"))]),
+        ],
     )
     .await;
     assert_eq!(got, vec![0, 1]);
@@ -274,7 +343,11 @@ async fn headers_all_with_x_requires_x_prefixed_headers_too() {
     let got = headers_matches(
         &ch,
         None,
-        table(&[("x-match", s("all-with-x")), ("x-tenant", s("acme")), ("kind", s("a"))]),
+        table(&[
+            ("x-match", s("all-with-x")),
+            ("x-tenant", s("acme")),
+            ("kind", s("a")),
+        ]),
         vec![
             table(&[("kind", s("a"))]),
             table(&[("kind", s("a")), ("x-tenant", s("other"))]),
@@ -294,8 +367,15 @@ async fn headers_any_ignores_x_prefixed_headers() {
     let got = headers_matches(
         &ch,
         None,
-        table(&[("x-match", s("any")), ("x-tenant", s("acme")), ("kind", s("a"))]),
-        vec![table(&[("x-tenant", s("acme"))]), table(&[("kind", s("a"))])],
+        table(&[
+            ("x-match", s("any")),
+            ("x-tenant", s("acme")),
+            ("kind", s("a")),
+        ]),
+        vec![
+            table(&[("x-tenant", s("acme"))]),
+            table(&[("kind", s("a"))]),
+        ],
     )
     .await;
     assert_eq!(got, vec![1]);
@@ -310,7 +390,11 @@ async fn headers_any_with_x_matches_on_x_prefixed_headers() {
     let got = headers_matches(
         &ch,
         None,
-        table(&[("x-match", s("any-with-x")), ("x-tenant", s("acme")), ("kind", s("a"))]),
+        table(&[
+            ("x-match", s("any-with-x")),
+            ("x-tenant", s("acme")),
+            ("kind", s("a")),
+        ]),
         vec![
             table(&[("x-tenant", s("acme"))]),
             table(&[("kind", s("a"))]),
@@ -331,7 +415,11 @@ async fn headers_void_binding_value_matches_key_presence() {
         &ch,
         None,
         table(&[("x-match", s("all")), ("flag", AMQPValue::Void)]),
-        vec![table(&[("flag", i(7))]), table(&[("other", i(7))]), table(&[("flag", s("yes"))])],
+        vec![
+            table(&[("flag", i(7))]),
+            table(&[("other", i(7))]),
+            table(&[("flag", s("yes"))]),
+        ],
     )
     .await;
     assert_eq!(got, vec![0, 2]);
@@ -363,7 +451,14 @@ async fn headers_message_without_headers_matches_only_empty_all_bindings() {
     let q_all = temp_queue(&ch).await;
     let q_any = temp_queue(&ch).await;
     bind_args(&ch, &q_all, &x, "", table(&[("x-match", s("all"))])).await;
-    bind_args(&ch, &q_any, &x, "", table(&[("x-match", s("any")), ("a", i(1))])).await;
+    bind_args(
+        &ch,
+        &q_any,
+        &x,
+        "",
+        table(&[("x-match", s("any")), ("a", i(1))]),
+    )
+    .await;
     publish_confirmed(&ch, &x, "", b"no headers").await;
     assert_eq!(message_counts(&ch, &[q_all, q_any]).await, vec![1, 0]);
     delete_exchange(&conn, &x).await;
@@ -380,7 +475,10 @@ async fn amq_match_is_a_headers_exchange() {
         &ch,
         Some("amq.match"),
         table(&[("x-match", s("any")), (key.as_str(), s("v"))]),
-        vec![table(&[(key.as_str(), s("v"))]), table(&[(key.as_str(), s("w"))])],
+        vec![
+            table(&[(key.as_str(), s("v"))]),
+            table(&[(key.as_str(), s("w"))]),
+        ],
     )
     .await;
     assert_eq!(got, vec![0]);
@@ -421,7 +519,9 @@ async fn headers_unbind_matches_the_binding_arguments() {
     let b = table(&[("x-match", s("any")), ("b", i(1))]);
     bind_args(&ch, &q, &x, "", a.clone()).await;
     bind_args(&ch, &q, &x, "", b).await;
-    ch.queue_unbind(q.as_str().into(), x.as_str().into(), "".into(), a).await.unwrap();
+    ch.queue_unbind(q.as_str().into(), x.as_str().into(), "".into(), a)
+        .await
+        .unwrap();
     let props = |k: &str| BasicProperties::default().with_headers(table(&[(k, i(1))]));
     publish_confirmed_props(&ch, &x, "", b"a", props("a")).await;
     publish_confirmed_props(&ch, &x, "", b"b", props("b")).await;
@@ -440,19 +540,36 @@ async fn amqprs_headers_binding_routes_by_headers() {
     let conn = broker.amqprs().await;
     let (ch, _events) = amqprs_channel(&conn).await;
     let x = unique("ahx");
-    ch.exchange_declare(ExchangeDeclareArguments::new(&x, "headers")).await.unwrap();
+    ch.exchange_declare(ExchangeDeclareArguments::new(&x, "headers"))
+        .await
+        .unwrap();
     let q = amqprs_temp_queue(&ch).await;
     let mut args = FieldTable::new();
-    args.insert("x-match".try_into().unwrap(), FieldValue::S("all".try_into().unwrap()));
-    args.insert("region".try_into().unwrap(), FieldValue::S("eu".try_into().unwrap()));
+    args.insert(
+        "x-match".try_into().unwrap(),
+        FieldValue::S("all".try_into().unwrap()),
+    );
+    args.insert(
+        "region".try_into().unwrap(),
+        FieldValue::S("eu".try_into().unwrap()),
+    );
     args.insert("level".try_into().unwrap(), FieldValue::I(3));
-    ch.queue_bind(QueueBindArguments::new(&q, &x, "").arguments(args).finish()).await.unwrap();
+    ch.queue_bind(QueueBindArguments::new(&q, &x, "").arguments(args).finish())
+        .await
+        .unwrap();
     let send = |region: &str, level: i32, body: &str| {
         let mut h = FieldTable::new();
-        h.insert("region".try_into().unwrap(), FieldValue::S(region.try_into().unwrap()));
+        h.insert(
+            "region".try_into().unwrap(),
+            FieldValue::S(region.try_into().unwrap()),
+        );
         h.insert("level".try_into().unwrap(), FieldValue::I(level));
         let props = amqprs::BasicProperties::default().with_headers(h).finish();
-        ch.basic_publish(props, body.as_bytes().to_vec(), BasicPublishArguments::new(&x, ""))
+        ch.basic_publish(
+            props,
+            body.as_bytes().to_vec(),
+            BasicPublishArguments::new(&x, ""),
+        )
     };
     send("us", 3, "no").await.unwrap();
     send("eu", 2, "no").await.unwrap();
@@ -461,13 +578,22 @@ async fn amqprs_headers_binding_routes_by_headers() {
     assert_eq!(amqprs_body(&amqprs_next(&mut rx).await), b"yes");
     // Nothing else was routed: a marker published after the others arrives next.
     let mut h = FieldTable::new();
-    h.insert("region".try_into().unwrap(), FieldValue::S("eu".try_into().unwrap()));
+    h.insert(
+        "region".try_into().unwrap(),
+        FieldValue::S("eu".try_into().unwrap()),
+    );
     h.insert("level".try_into().unwrap(), FieldValue::I(3));
-    ch.basic_publish(amqprs::BasicProperties::default().with_headers(h).finish(), b"marker".to_vec(), BasicPublishArguments::new(&x, ""))
+    ch.basic_publish(
+        amqprs::BasicProperties::default().with_headers(h).finish(),
+        b"marker".to_vec(),
+        BasicPublishArguments::new(&x, ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(amqprs_body(&amqprs_next(&mut rx).await), b"marker");
+    ch.exchange_delete(amqprs::channel::ExchangeDeleteArguments::new(&x))
         .await
         .unwrap();
-    assert_eq!(amqprs_body(&amqprs_next(&mut rx).await), b"marker");
-    ch.exchange_delete(amqprs::channel::ExchangeDeleteArguments::new(&x)).await.unwrap();
     conn.close().await.unwrap();
     broker.shutdown().await;
 }

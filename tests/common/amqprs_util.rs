@@ -4,9 +4,7 @@
 
 use super::{within, TIMEOUT};
 use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
-use amqprs::channel::{
-    BasicConsumeArguments, Channel, ConsumerMessage, QueueDeclareArguments,
-};
+use amqprs::channel::{BasicConsumeArguments, Channel, ConsumerMessage, QueueDeclareArguments};
 use amqprs::connection::Connection;
 type Result<T> = std::result::Result<T, amqprs::error::Error>;
 use amqprs::{Ack, BasicProperties, Cancel, Close, CloseChannel, Nack, Return};
@@ -15,7 +13,12 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 /// A server-initiated connection-level event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConnEvent {
-    Close { code: u16, text: String, class_id: u16, method_id: u16 },
+    Close {
+        code: u16,
+        text: String,
+        class_id: u16,
+        method_id: u16,
+    },
     Blocked(String),
     Unblocked,
 }
@@ -23,12 +26,31 @@ pub enum ConnEvent {
 /// A server-initiated channel-level event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChanEvent {
-    Close { code: u16, text: String, class_id: u16, method_id: u16 },
-    Cancel { consumer_tag: String },
+    Close {
+        code: u16,
+        text: String,
+        class_id: u16,
+        method_id: u16,
+    },
+    Cancel {
+        consumer_tag: String,
+    },
     Flow(bool),
-    Ack { delivery_tag: u64, multiple: bool },
-    Nack { delivery_tag: u64, multiple: bool },
-    Return { code: u16, text: String, exchange: String, routing_key: String, body: Vec<u8> },
+    Ack {
+        delivery_tag: u64,
+        multiple: bool,
+    },
+    Nack {
+        delivery_tag: u64,
+        multiple: bool,
+    },
+    Return {
+        code: u16,
+        text: String,
+        exchange: String,
+        routing_key: String,
+        body: Vec<u8>,
+    },
 }
 
 pub struct RecordingConnectionCallback(UnboundedSender<ConnEvent>);
@@ -74,7 +96,9 @@ impl ChannelCallback for RecordingChannelCallback {
         Ok(())
     }
     async fn cancel(&mut self, _: &Channel, cancel: Cancel) -> Result<()> {
-        let _ = self.0.send(ChanEvent::Cancel { consumer_tag: cancel.consumer_tag().clone() });
+        let _ = self.0.send(ChanEvent::Cancel {
+            consumer_tag: cancel.consumer_tag().clone(),
+        });
         Ok(())
     }
     async fn flow(&mut self, _: &Channel, active: bool) -> Result<bool> {
@@ -82,14 +106,16 @@ impl ChannelCallback for RecordingChannelCallback {
         Ok(active)
     }
     async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
-        let _ = self
-            .0
-            .send(ChanEvent::Ack { delivery_tag: ack.delivery_tag(), multiple: ack.mutiple() });
+        let _ = self.0.send(ChanEvent::Ack {
+            delivery_tag: ack.delivery_tag(),
+            multiple: ack.mutiple(),
+        });
     }
     async fn publish_nack(&mut self, _: &Channel, nack: Nack) {
-        let _ = self
-            .0
-            .send(ChanEvent::Nack { delivery_tag: nack.delivery_tag(), multiple: nack.multiple() });
+        let _ = self.0.send(ChanEvent::Nack {
+            delivery_tag: nack.delivery_tag(),
+            multiple: nack.multiple(),
+        });
     }
     async fn publish_return(
         &mut self,
@@ -112,13 +138,17 @@ impl ChannelCallback for RecordingChannelCallback {
 pub async fn amqprs_channel(conn: &Connection) -> (Channel, UnboundedReceiver<ChanEvent>) {
     let ch = conn.open_channel(None).await.expect("amqprs open channel");
     let (tx, rx) = unbounded_channel();
-    ch.register_callback(RecordingChannelCallback(tx)).await.expect("register channel callback");
+    ch.register_callback(RecordingChannelCallback(tx))
+        .await
+        .expect("register channel callback");
     (ch, rx)
 }
 
 /// Waits for the next recorded channel event.
 pub async fn next_chan_event(rx: &mut UnboundedReceiver<ChanEvent>) -> ChanEvent {
-    within("a channel event", rx.recv()).await.expect("channel event stream ended")
+    within("a channel event", rx.recv())
+        .await
+        .expect("channel event stream ended")
 }
 
 /// Waits for a channel.close from the server and returns (reply code, reply text).
@@ -132,9 +162,14 @@ pub async fn expect_amqprs_channel_close(rx: &mut UnboundedReceiver<ChanEvent>) 
 }
 
 /// Waits for a connection.close from the server and returns (reply code, reply text).
-pub async fn expect_amqprs_connection_close(rx: &mut UnboundedReceiver<ConnEvent>) -> (u16, String) {
+pub async fn expect_amqprs_connection_close(
+    rx: &mut UnboundedReceiver<ConnEvent>,
+) -> (u16, String) {
     loop {
-        match within("connection.close", rx.recv()).await.expect("connection event stream ended") {
+        match within("connection.close", rx.recv())
+            .await
+            .expect("connection event stream ended")
+        {
             ConnEvent::Close { code, text, .. } => return (code, text),
             _ => continue,
         }
@@ -157,13 +192,17 @@ pub async fn amqprs_consume(
     queue: &str,
     no_ack: bool,
 ) -> (String, UnboundedReceiver<ConsumerMessage>) {
-    let args = BasicConsumeArguments::new(queue, "").manual_ack(!no_ack).finish();
+    let args = BasicConsumeArguments::new(queue, "")
+        .manual_ack(!no_ack)
+        .finish();
     ch.basic_consume_rx(args).await.expect("basic.consume")
 }
 
 /// Waits for the next delivery on an amqprs consumer.
 pub async fn amqprs_next(rx: &mut UnboundedReceiver<ConsumerMessage>) -> ConsumerMessage {
-    within("an amqprs delivery", rx.recv()).await.expect("consumer ended")
+    within("an amqprs delivery", rx.recv())
+        .await
+        .expect("consumer ended")
 }
 
 pub fn amqprs_body(m: &ConsumerMessage) -> Vec<u8> {

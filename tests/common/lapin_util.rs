@@ -43,7 +43,9 @@ pub async fn channel(conn: &Connection) -> Channel {
 /// A channel in publisher-confirm mode.
 pub async fn confirm_channel(conn: &Connection) -> Channel {
     let ch = channel(conn).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm.select");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
     ch
 }
 
@@ -54,9 +56,13 @@ pub fn no_args() -> FieldTable {
 /// Declares an exclusive queue with a unique name (deleted with the connection).
 pub async fn temp_queue(ch: &Channel) -> String {
     let name = unique("q");
-    ch.queue_declare(name.as_str().into(), QueueDeclareOptions::exclusive(), no_args())
-        .await
-        .expect("queue.declare");
+    ch.queue_declare(
+        name.as_str().into(),
+        QueueDeclareOptions::exclusive(),
+        no_args(),
+    )
+    .await
+    .expect("queue.declare");
     name
 }
 
@@ -64,18 +70,27 @@ pub async fn temp_queue(ch: &Channel) -> String {
 /// connections can use it. Callers delete it when done.
 pub async fn shared_queue(ch: &Channel) -> String {
     let name = unique("sq");
-    ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), no_args())
-        .await
-        .expect("queue.declare");
+    ch.queue_declare(
+        name.as_str().into(),
+        QueueDeclareOptions::default(),
+        no_args(),
+    )
+    .await
+    .expect("queue.declare");
     name
 }
 
 /// Declares a non-durable exchange of `kind` with a unique name.
 pub async fn temp_exchange(ch: &Channel, kind: ExchangeKind) -> String {
     let name = unique("x");
-    ch.exchange_declare(name.as_str().into(), kind, ExchangeDeclareOptions::default(), no_args())
-        .await
-        .expect("exchange.declare");
+    ch.exchange_declare(
+        name.as_str().into(),
+        kind,
+        ExchangeDeclareOptions::default(),
+        no_args(),
+    )
+    .await
+    .expect("exchange.declare");
     name
 }
 
@@ -84,9 +99,15 @@ pub async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
 }
 
 pub async fn bind_args(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
-    ch.queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), args)
-        .await
-        .expect("queue.bind");
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        args,
+    )
+    .await
+    .expect("queue.bind");
 }
 
 /// Publishes without waiting for anything.
@@ -101,9 +122,15 @@ pub async fn publish_props(
     body: &[u8],
     props: BasicProperties,
 ) {
-    ch.basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body, props)
-        .await
-        .expect("basic.publish");
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .expect("basic.publish");
 }
 
 /// Publishes on a confirm channel and waits for the broker's ack, so the message
@@ -120,11 +147,20 @@ pub async fn publish_confirmed_props(
     props: BasicProperties,
 ) {
     let confirm = ch
-        .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body, props)
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
         .await
         .expect("basic.publish");
     let confirmation = within("publisher confirm", confirm).await.expect("confirm");
-    assert!(confirmation.is_ack(), "message was nacked: {confirmation:?}");
+    assert!(
+        confirmation.is_ack(),
+        "message was nacked: {confirmation:?}"
+    );
 }
 
 /// Number of ready messages, via a passive queue.declare.
@@ -132,7 +168,10 @@ pub async fn message_count(ch: &Channel, queue: &str) -> u32 {
     let q = ch
         .queue_declare(
             queue.into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             no_args(),
         )
         .await
@@ -145,7 +184,10 @@ pub async fn consumer_count(ch: &Channel, queue: &str) -> u32 {
     let q = ch
         .queue_declare(
             queue.into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             no_args(),
         )
         .await
@@ -155,7 +197,9 @@ pub async fn consumer_count(ch: &Channel, queue: &str) -> u32 {
 
 /// basic.get with manual ack.
 pub async fn get(ch: &Channel, queue: &str) -> Option<BasicGetMessage> {
-    ch.basic_get(queue.into(), BasicGetOptions::default()).await.expect("basic.get")
+    ch.basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .expect("basic.get")
 }
 
 /// basic.get with no-ack, returning the body.
@@ -184,11 +228,21 @@ pub async fn consume(ch: &Channel, queue: &str) -> Consumer {
 }
 
 pub async fn consume_no_ack(ch: &Channel, queue: &str) -> Consumer {
-    consume_opts(ch, queue, BasicConsumeOptions { no_ack: true, ..Default::default() }).await
+    consume_opts(
+        ch,
+        queue,
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 pub async fn consume_opts(ch: &Channel, queue: &str, opts: BasicConsumeOptions) -> Consumer {
-    ch.basic_consume(queue.into(), "".into(), opts, no_args()).await.expect("basic.consume")
+    ch.basic_consume(queue.into(), "".into(), opts, no_args())
+        .await
+        .expect("basic.consume")
 }
 
 /// The next delivery on a consumer (fails the test after the timeout).
@@ -247,7 +301,10 @@ pub async fn queue_exists(conn: &Connection, queue: &str) -> bool {
     let res = ch
         .queue_declare(
             queue.into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             no_args(),
         )
         .await;
@@ -271,7 +328,10 @@ pub async fn exchange_exists(conn: &Connection, exchange: &str) -> bool {
         .exchange_declare(
             exchange.into(),
             ExchangeKind::Direct,
-            ExchangeDeclareOptions { passive: true, ..Default::default() },
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             no_args(),
         )
         .await;
@@ -291,14 +351,18 @@ pub async fn exchange_exists(conn: &Connection, exchange: &str) -> bool {
 /// Deletes a queue (best effort cleanup for shared brokers).
 pub async fn delete_queue(conn: &Connection, queue: &str) {
     if let Ok(ch) = conn.create_channel().await {
-        let _ = ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
     }
 }
 
 /// Deletes an exchange (best effort cleanup for shared brokers).
 pub async fn delete_exchange(conn: &Connection, exchange: &str) {
     if let Ok(ch) = conn.create_channel().await {
-        let _ = ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+        let _ = ch
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }
 

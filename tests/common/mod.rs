@@ -57,8 +57,18 @@ impl Target {
             Some((h, p)) => (h.to_string(), p.parse().expect("port in WARRENMQ_TEST_URL")),
             None => (hostport.to_string(), 5672),
         };
-        let vhost = if path.is_empty() { "/".into() } else { percent_decode(path) };
-        Target { host, port, user, password, vhost }
+        let vhost = if path.is_empty() {
+            "/".into()
+        } else {
+            percent_decode(path)
+        };
+        Target {
+            host,
+            port,
+            user,
+            password,
+            vhost,
+        }
     }
 }
 
@@ -152,7 +162,9 @@ impl TestBroker {
         config.amqp.port = 0;
         config.data_dir = dir.path().to_path_buf();
         f(&mut config);
-        let running = warrenmq::Server::start(config.clone()).await.expect("start WarrenMQ");
+        let running = warrenmq::Server::start(config.clone())
+            .await
+            .expect("start WarrenMQ");
         let addr = running.amqp_addr();
         TestBroker {
             addr,
@@ -185,7 +197,9 @@ impl TestBroker {
     pub async fn start_alt_restartable() -> Option<Self> {
         let broker = Self::start_alt().await?;
         if broker.is_external() && broker.restart_cmd.is_none() {
-            eprintln!("skipped: needs WARRENMQ_TEST_ALT_RESTART (a command restarting the alt broker)");
+            eprintln!(
+                "skipped: needs WARRENMQ_TEST_ALT_RESTART (a command restarting the alt broker)"
+            );
             return None;
         }
         Some(broker)
@@ -198,7 +212,14 @@ impl TestBroker {
             .expect("resolve the external broker's host")
             .next()
             .expect("the external broker's host has an address");
-        TestBroker { addr, target, running: None, config: None, restart_cmd, _data_dir: None }
+        TestBroker {
+            addr,
+            target,
+            running: None,
+            config: None,
+            restart_cmd,
+            _data_dir: None,
+        }
     }
 
     fn local_target(addr: SocketAddr) -> Target {
@@ -218,7 +239,9 @@ impl TestBroker {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
             let config = self.config.clone().expect("in-process config");
-            let running = warrenmq::Server::start(config).await.expect("restart WarrenMQ");
+            let running = warrenmq::Server::start(config)
+                .await
+                .expect("restart WarrenMQ");
             self.addr = running.amqp_addr();
             self.target = Self::local_target(self.addr);
             self.running = Some(running);
@@ -227,14 +250,21 @@ impl TestBroker {
         let cmd = self.restart_cmd.clone().expect("WARRENMQ_TEST_ALT_RESTART");
         let cmd2 = cmd.clone();
         let status = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("sh").arg("-c").arg(&cmd2).status()
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd2)
+                .status()
         })
         .await
         .unwrap()
         .expect("run the restart command");
         assert!(status.success(), "restart command failed: {cmd}");
         let addr = self.addr;
-        let up = lapin_util::eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
+        let up =
+            lapin_util::eventually(
+                || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+            )
+            .await;
         assert!(up, "broker did not come back after restart");
     }
 
@@ -268,10 +298,18 @@ impl TestBroker {
     }
 
     /// A lapin connection attempt with other credentials or another vhost.
-    pub async fn lapin_as(&self, user: &str, password: &str, vhost: &str) -> lapin::Result<lapin::Connection> {
+    pub async fn lapin_as(
+        &self,
+        user: &str,
+        password: &str,
+        vhost: &str,
+    ) -> lapin::Result<lapin::Connection> {
         within(
             "lapin connect",
-            lapin::Connection::connect(&self.url_for(user, password, vhost), lapin::ConnectionProperties::default()),
+            lapin::Connection::connect(
+                &self.url_for(user, password, vhost),
+                lapin::ConnectionProperties::default(),
+            ),
         )
         .await
     }
@@ -285,7 +323,10 @@ impl TestBroker {
     /// A new amqprs connection plus the stream of server-initiated connection events.
     pub async fn amqprs_with_events(
         &self,
-    ) -> (amqprs::connection::Connection, tokio::sync::mpsc::UnboundedReceiver<ConnEvent>) {
+    ) -> (
+        amqprs::connection::Connection,
+        tokio::sync::mpsc::UnboundedReceiver<ConnEvent>,
+    ) {
         let args = amqprs::connection::OpenConnectionArguments::new(
             &self.target.host,
             self.target.port,
@@ -294,9 +335,13 @@ impl TestBroker {
         )
         .virtual_host(&self.target.vhost)
         .finish();
-        let conn = amqprs::connection::Connection::open(&args).await.expect("amqprs connect");
+        let conn = amqprs::connection::Connection::open(&args)
+            .await
+            .expect("amqprs connect");
         let (cb, rx) = RecordingConnectionCallback::new();
-        conn.register_callback(cb).await.expect("register connection callback");
+        conn.register_callback(cb)
+            .await
+            .expect("register connection callback");
         (conn, rx)
     }
 

@@ -51,11 +51,30 @@ impl Value {
 /// One frame read from the server.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
-    Method { channel: u16, class: u16, method: u16, args: Vec<u8> },
-    Header { channel: u16, class: u16, body_size: u64, props: Vec<u8> },
-    Body { channel: u16, data: Vec<u8> },
-    Heartbeat { channel: u16 },
-    Other { kind: u8, channel: u16, payload: Vec<u8> },
+    Method {
+        channel: u16,
+        class: u16,
+        method: u16,
+        args: Vec<u8>,
+    },
+    Header {
+        channel: u16,
+        class: u16,
+        body_size: u64,
+        props: Vec<u8>,
+    },
+    Body {
+        channel: u16,
+        data: Vec<u8>,
+    },
+    Heartbeat {
+        channel: u16,
+    },
+    Other {
+        kind: u8,
+        channel: u16,
+        payload: Vec<u8>,
+    },
 }
 
 impl Frame {
@@ -109,7 +128,8 @@ impl Enc {
         for (k, v) in t {
             body = body.short_str(k).value(v);
         }
-        self.0.extend_from_slice(&(body.0.len() as u32).to_be_bytes());
+        self.0
+            .extend_from_slice(&(body.0.len() as u32).to_be_bytes());
         self.0.extend_from_slice(&body.0);
         self
     }
@@ -290,7 +310,12 @@ pub struct CloseReason {
 
 pub fn decode_close(args: &[u8]) -> CloseReason {
     let mut d = Dec::new(args);
-    CloseReason { code: d.u16(), text: d.short_str(), class_id: d.u16(), method_id: d.u16() }
+    CloseReason {
+        code: d.u16(),
+        text: d.short_str(),
+        class_id: d.u16(),
+        method_id: d.u16(),
+    }
 }
 
 /// What the server did after a malformed input.
@@ -315,7 +340,10 @@ impl RawConn {
     pub async fn connect(broker: &TestBroker) -> RawConn {
         let stream = TcpStream::connect(broker.addr).await.expect("tcp connect");
         stream.set_nodelay(true).ok();
-        RawConn { stream, buf: Vec::new() }
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -369,7 +397,8 @@ impl RawConn {
         self.fill(7).await?;
         let kind = self.buf[0];
         let channel = u16::from_be_bytes([self.buf[1], self.buf[2]]);
-        let size = u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]) as usize;
+        let size =
+            u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]) as usize;
         self.fill(7 + size + 1).await?;
         let payload: Vec<u8> = self.buf[7..7 + size].to_vec();
         assert_eq!(self.buf[7 + size], FRAME_END, "server frame-end octet");
@@ -379,17 +408,34 @@ impl RawConn {
             FRAME_METHOD => {
                 let class = d.u16();
                 let method = d.u16();
-                Frame::Method { channel, class, method, args: d.rest().to_vec() }
+                Frame::Method {
+                    channel,
+                    class,
+                    method,
+                    args: d.rest().to_vec(),
+                }
             }
             FRAME_HEADER => {
                 let class = d.u16();
                 let _weight = d.u16();
                 let body_size = d.u64();
-                Frame::Header { channel, class, body_size, props: d.rest().to_vec() }
+                Frame::Header {
+                    channel,
+                    class,
+                    body_size,
+                    props: d.rest().to_vec(),
+                }
             }
-            FRAME_BODY => Frame::Body { channel, data: payload },
+            FRAME_BODY => Frame::Body {
+                channel,
+                data: payload,
+            },
             FRAME_HEARTBEAT => Frame::Heartbeat { channel },
-            _ => Frame::Other { kind, channel, payload },
+            _ => Frame::Other {
+                kind,
+                channel,
+                payload,
+            },
         })
     }
 
@@ -397,9 +443,12 @@ impl RawConn {
     pub async fn read_method(&mut self) -> Option<(u16, u16, u16, Vec<u8>)> {
         loop {
             match self.read_frame().await? {
-                Frame::Method { channel, class, method, args } => {
-                    return Some((channel, class, method, args))
-                }
+                Frame::Method {
+                    channel,
+                    class,
+                    method,
+                    args,
+                } => return Some((channel, class, method, args)),
                 Frame::Heartbeat { .. } => continue,
                 other => panic!("expected a method frame, got {other:?}"),
             }
@@ -408,8 +457,15 @@ impl RawConn {
 
     /// Reads a method frame and checks it is `class.method` on `channel`.
     pub async fn expect_method(&mut self, channel: u16, class: u16, method: u16) -> Vec<u8> {
-        let (ch, c, m, args) = self.read_method().await.expect("connection closed by the server");
-        assert_eq!((ch, c, m), (channel, class, method), "unexpected method frame");
+        let (ch, c, m, args) = self
+            .read_method()
+            .await
+            .expect("connection closed by the server");
+        assert_eq!(
+            (ch, c, m),
+            (channel, class, method),
+            "unexpected method frame"
+        );
         args
     }
 
@@ -437,10 +493,16 @@ impl RawConn {
     /// sets the client capability of that name.
     pub async fn start_ok_with(&mut self, user: &str, password: &str, auth_failure_close: bool) {
         let mut caps = Table::new();
-        caps.insert("authentication_failure_close".into(), Value::Bool(auth_failure_close));
+        caps.insert(
+            "authentication_failure_close".into(),
+            Value::Bool(auth_failure_close),
+        );
         let mut client_props = Table::new();
         client_props.insert("capabilities".into(), Value::Table(caps));
-        client_props.insert("product".into(), Value::LongStr(b"warrenmq-raw-test".to_vec()));
+        client_props.insert(
+            "product".into(),
+            Value::LongStr(b"warrenmq-raw-test".to_vec()),
+        );
         let mut response = vec![0u8];
         response.extend_from_slice(user.as_bytes());
         response.push(0);
@@ -457,11 +519,19 @@ impl RawConn {
     pub async fn read_tune(&mut self) -> Tune {
         let args = self.expect_method(0, 10, 30).await;
         let mut d = Dec::new(&args);
-        Tune { channel_max: d.u16(), frame_max: d.u32(), heartbeat: d.u16() }
+        Tune {
+            channel_max: d.u16(),
+            frame_max: d.u32(),
+            heartbeat: d.u16(),
+        }
     }
 
     pub async fn tune_ok(&mut self, tune: Tune) {
-        let args = Enc::new().u16(tune.channel_max).u32(tune.frame_max).u16(tune.heartbeat).build();
+        let args = Enc::new()
+            .u16(tune.channel_max)
+            .u32(tune.frame_max)
+            .u16(tune.heartbeat)
+            .build();
         self.send_method(0, 10, 31, &args).await;
     }
 
@@ -475,16 +545,22 @@ impl RawConn {
     pub async fn open_connection(broker: &TestBroker) -> (RawConn, Tune) {
         let mut c = RawConn::connect(broker).await;
         c.start().await;
-        c.start_ok(&broker.target.user, &broker.target.password).await;
+        c.start_ok(&broker.target.user, &broker.target.password)
+            .await;
         let tune = c.read_tune().await;
-        c.tune_ok(Tune { heartbeat: 0, ..tune }).await;
+        c.tune_ok(Tune {
+            heartbeat: 0,
+            ..tune
+        })
+        .await;
         c.open(&broker.target.vhost).await;
         c.expect_method(0, 10, 41).await;
         (c, tune)
     }
 
     pub async fn open_channel(&mut self, channel: u16) {
-        self.send_method(channel, 20, 10, &Enc::new().short_str("").build()).await;
+        self.send_method(channel, 20, 10, &Enc::new().short_str("").build())
+            .await;
         self.expect_method(channel, 20, 11).await;
     }
 
@@ -494,11 +570,21 @@ impl RawConn {
         loop {
             match self.read_frame().await {
                 None => return Outcome::Eof,
-                Some(Frame::Method { channel: 0, class: 10, method: 50, args }) => {
+                Some(Frame::Method {
+                    channel: 0,
+                    class: 10,
+                    method: 50,
+                    args,
+                }) => {
                     self.send_lenient(&method_frame(0, 10, 51, &[])).await;
                     return Outcome::ConnectionClose(decode_close(&args));
                 }
-                Some(Frame::Method { channel, class: 20, method: 40, args }) => {
+                Some(Frame::Method {
+                    channel,
+                    class: 20,
+                    method: 40,
+                    args,
+                }) => {
                     self.send_lenient(&method_frame(channel, 20, 41, &[])).await;
                     return Outcome::ChannelClose(channel, decode_close(&args));
                 }
@@ -522,11 +608,22 @@ pub async fn assert_broker_still_serves(broker: &TestBroker) {
     let (mut c, _) = RawConn::open_connection(broker).await;
     c.open_channel(1).await;
     // queue.declare: reserved-1, queue "", bits (exclusive|auto-delete), no args
-    let args = Enc::new().u16(0).short_str("").u8(0b0000_1100).empty_table().build();
+    let args = Enc::new()
+        .u16(0)
+        .short_str("")
+        .u8(0b0000_1100)
+        .empty_table()
+        .build();
     c.send_method(1, 50, 10, &args).await;
     let ok = c.expect_method(1, 50, 11).await;
     let name = Dec::new(&ok).short_str();
     assert!(name.starts_with("amq.gen-"), "server-named queue: {name}");
-    c.send_method(0, 10, 50, &Enc::new().u16(200).short_str("bye").u16(0).u16(0).build()).await;
+    c.send_method(
+        0,
+        10,
+        50,
+        &Enc::new().u16(200).short_str("bye").u16(0).u16(0).build(),
+    )
+    .await;
     c.expect_method(0, 10, 51).await;
 }
