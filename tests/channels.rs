@@ -173,3 +173,21 @@ async fn server_channel_close_names_the_offending_method() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn deprecated_access_request_is_answered_with_ticket_one() {
+    let broker = TestBroker::start().await;
+    let (mut c, _) = RawConn::open_connection(&broker).await;
+    c.open_channel(1).await;
+    // access.request realm="/data", bits: passive active write read
+    c.send_method(
+        1,
+        30,
+        10,
+        &Enc::new().short_str("/data").u8(0b0001_1111).build(),
+    )
+    .await;
+    let ok = c.expect_method(1, 30, 11).await;
+    assert_eq!(Dec::new(&ok).u16(), 1);
+    broker.shutdown().await;
+}

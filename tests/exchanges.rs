@@ -825,3 +825,65 @@ async fn amqprs_declares_binds_and_routes_through_a_direct_exchange() {
     conn.close().await.unwrap();
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn passive_declare_ignores_the_type() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = channel(&conn).await;
+    let x = temp_exchange(&ch, ExchangeKind::Fanout).await;
+    ch.exchange_declare(
+        x.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        no_args(),
+    )
+    .await
+    .expect("passive declare does not compare the type");
+    delete_exchange(&conn, &x).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn declaring_the_default_exchange_fails_with_403() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = channel(&conn).await;
+    assert_amqp_error(
+        ch.exchange_declare(
+            "".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            no_args(),
+        ),
+        403,
+        "ACCESS_REFUSED - operation not permitted on the default exchange",
+    )
+    .await;
+    broker.shutdown().await;
+}
+
+/// "amq.default" is only a display name: RabbitMQ has no exchange by that name.
+#[tokio::test]
+async fn publishing_to_amq_default_fails_with_404() {
+    let broker = TestBroker::start().await;
+    let conn = broker.amqprs().await;
+    let (ch, mut events) = amqprs_channel(&conn).await;
+    let q = amqprs_temp_queue(&ch).await;
+    ch.basic_publish(
+        amqprs::BasicProperties::default(),
+        b"x".to_vec(),
+        amqprs::channel::BasicPublishArguments::new("amq.default", &q),
+    )
+    .await
+    .unwrap();
+    let (code, text) = expect_amqprs_channel_close(&mut events).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (404, "NOT_FOUND - no exchange 'amq.default' in vhost '/'")
+    );
+    broker.shutdown().await;
+}

@@ -509,3 +509,134 @@ async fn delivery_tags_are_per_channel() {
     assert_eq!((ma.delivery.delivery_tag, mb.delivery.delivery_tag), (1, 1));
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn basic_get_ignores_the_prefetch_limit() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let q = temp_queue(&ch).await;
+    publish_n(&ch, &q, 3).await;
+    let gch = channel(&conn).await;
+    gch.basic_qos(1, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    for expected in ["1", "2", "3"] {
+        let m = get(&gch, &q)
+            .await
+            .expect("basic.get is not limited by qos");
+        assert_eq!(m.delivery.data, expected.as_bytes());
+    }
+    broker.shutdown().await;
+}
+
+/// Three queues with two messages each, one manual-ack consumer per queue on a
+/// channel configured by `qos`; waits for `expect` deliveries and returns the
+/// ready counts left in the queues.
+async fn deliveries_under_qos(qos: &[(u16, bool)], expect: usize) -> Vec<u32> {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let queues = vec![
+        temp_queue(&ch).await,
+        temp_queue(&ch).await,
+        temp_queue(&ch).await,
+    ];
+    for q in &queues {
+        publish_n(&ch, q, 2).await;
+    }
+    let cch = channel(&conn).await;
+    for (count, global) in qos {
+        cch.basic_qos(*count, BasicQosOptions { global: *global })
+            .await
+            .unwrap();
+    }
+    let mut consumers = Vec::new();
+    for q in &queues {
+        consumers.push(consume(&cch, q).await);
+    }
+    let mut received = 0;
+    while received < expect {
+        let (a, rest) = consumers.split_at_mut(1);
+        let (b, c) = rest.split_at_mut(1);
+        tokio::select! {
+            _ = next(&mut a[0]) => received += 1,
+            _ = next(&mut b[0]) => received += 1,
+            _ = next(&mut c[0]) => received += 1,
+        }
+    }
+    let counts = message_counts(&ch, &queues).await;
+    broker.shutdown().await;
+    counts
+}
+
+#[tokio::test]
+async fn global_limit_set_after_a_per_consumer_limit_applies_on_top_of_it() {
+    // Each consumer may hold 1, the channel 2 in total.
+    let counts = deliveries_under_qos(&[(1, false), (2, true)], 2).await;
+    assert_eq!(
+        counts.iter().sum::<u32>(),
+        4,
+        "two unacked in total: {counts:?}"
+    );
+    assert!(
+        counts.iter().all(|&n| n >= 1),
+        "no consumer exceeds its own limit: {counts:?}"
+    );
+}
+
+/// RabbitMQ quirk: basic.qos with global=false also lifts the channel-wide
+/// limit set earlier by basic.qos with global=true.
+#[tokio::test]
+async fn per_consumer_qos_clears_an_earlier_global_limit() {
+    let counts = deliveries_under_qos(&[(2, true), (1, false)], 3).await;
+    assert_eq!(counts, vec![1, 1, 1]);
+}
+
+#[tokio::test]
+async fn no_ack_consumers_ignore_the_prefetch_limit() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let q = temp_queue(&ch).await;
+    publish_n(&ch, &q, 5).await;
+    let cch = channel(&conn).await;
+    cch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = consume_no_ack(&cch, &q).await;
+    for _ in 0..5 {
+        next(&mut consumer).await;
+    }
+    assert_eq!(message_count(&ch, &q).await, 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn amqprs_prefetch_and_ack_release_the_next_message() {
+    let broker = TestBroker::start().await;
+    let conn = broker.amqprs().await;
+    let (ch, _events) = amqprs_channel(&conn).await;
+    let q = amqprs_temp_queue(&ch).await;
+    for i in 1..=3 {
+        ch.basic_publish(
+            amqprs::BasicProperties::default(),
+            format!("{i}").into_bytes(),
+            amqprs::channel::BasicPublishArguments::new("", &q),
+        )
+        .await
+        .unwrap();
+    }
+    ch.basic_qos(amqprs::channel::BasicQosArguments::new(0, 1, false))
+        .await
+        .unwrap();
+    let (_, mut rx) = amqprs_consume(&ch, &q, false).await;
+    for expected in ["1", "2", "3"] {
+        let m = amqprs_next(&mut rx).await;
+        assert_eq!(amqprs_body(&m), expected.as_bytes());
+        let tag = m.deliver.unwrap().delivery_tag();
+        ch.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false))
+            .await
+            .unwrap();
+    }
+    conn.close().await.unwrap();
+    broker.shutdown().await;
+}

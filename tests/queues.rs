@@ -703,3 +703,67 @@ async fn amqprs_declare_bind_purge_and_delete() {
     conn.close().await.unwrap();
     broker.shutdown().await;
 }
+
+/// AMQP 0-9-1 lets an empty queue name mean "the queue last declared on this
+/// channel" in queue.bind, basic.consume, basic.get, queue.purge and queue.delete.
+#[tokio::test]
+async fn empty_queue_name_refers_to_the_last_declared_queue() {
+    use common::raw::{frame, header_frame, method_frame, Dec, Enc, RawConn, FRAME_BODY};
+    let broker = TestBroker::start().await;
+    let (mut c, _) = RawConn::open_connection(&broker).await;
+    c.open_channel(1).await;
+    let declare = Enc::new()
+        .u16(0)
+        .short_str("")
+        .u8(0b0000_1100)
+        .empty_table()
+        .build();
+    c.send_method(1, 50, 10, &declare).await;
+    let ok = c.expect_method(1, 50, 11).await;
+    let q = Dec::new(&ok).short_str();
+    let key = unique("k");
+    // queue.bind with an empty queue name
+    let bind = Enc::new()
+        .u16(0)
+        .short_str("")
+        .short_str("amq.direct")
+        .short_str(&key)
+        .u8(0)
+        .empty_table()
+        .build();
+    c.send_method(1, 50, 20, &bind).await;
+    c.expect_method(1, 50, 21).await;
+    let publish = Enc::new()
+        .u16(0)
+        .short_str("amq.direct")
+        .short_str(&key)
+        .u8(0)
+        .build();
+    c.send(&method_frame(1, 60, 40, &publish)).await;
+    c.send(&header_frame(1, 2)).await;
+    c.send(&frame(FRAME_BODY, 1, b"hi")).await;
+    // queue.purge with an empty name reports the message routed to `q`
+    c.send_method(1, 50, 30, &Enc::new().u16(0).short_str("").u8(0).build())
+        .await;
+    let purged = c.expect_method(1, 50, 31).await;
+    assert_eq!(Dec::new(&purged).u32(), 1, "the message was routed to {q}");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn empty_queue_name_without_a_declared_queue_fails_with_404() {
+    use common::raw::{Enc, Outcome, RawConn};
+    let broker = TestBroker::start().await;
+    let (mut c, _) = RawConn::open_connection(&broker).await;
+    c.open_channel(1).await;
+    c.send_method(1, 50, 30, &Enc::new().u16(0).short_str("").u8(0).build())
+        .await;
+    match c.read_outcome().await {
+        Outcome::ChannelClose(1, r) => {
+            assert_eq!(r.code, 404);
+            assert_eq!(r.text, "NOT_FOUND - no previously declared queue");
+        }
+        other => panic!("expected channel.close, got {other:?}"),
+    }
+    broker.shutdown().await;
+}

@@ -529,3 +529,71 @@ async fn headers_unbind_matches_the_binding_arguments() {
     delete_exchange(&conn, &x).await;
     broker.shutdown().await;
 }
+
+/// The same headers matching, with amqprs encoding the binding arguments and the
+/// message headers (an independent field-table codec).
+#[tokio::test]
+async fn amqprs_headers_binding_routes_by_headers() {
+    use amqprs::channel::{BasicPublishArguments, ExchangeDeclareArguments, QueueBindArguments};
+    use amqprs::{FieldTable, FieldValue};
+    let broker = TestBroker::start().await;
+    let conn = broker.amqprs().await;
+    let (ch, _events) = amqprs_channel(&conn).await;
+    let x = unique("ahx");
+    ch.exchange_declare(ExchangeDeclareArguments::new(&x, "headers"))
+        .await
+        .unwrap();
+    let q = amqprs_temp_queue(&ch).await;
+    let mut args = FieldTable::new();
+    args.insert(
+        "x-match".try_into().unwrap(),
+        FieldValue::S("all".try_into().unwrap()),
+    );
+    args.insert(
+        "region".try_into().unwrap(),
+        FieldValue::S("eu".try_into().unwrap()),
+    );
+    args.insert("level".try_into().unwrap(), FieldValue::I(3));
+    ch.queue_bind(QueueBindArguments::new(&q, &x, "").arguments(args).finish())
+        .await
+        .unwrap();
+    let send = |region: &str, level: i32, body: &str| {
+        let mut h = FieldTable::new();
+        h.insert(
+            "region".try_into().unwrap(),
+            FieldValue::S(region.try_into().unwrap()),
+        );
+        h.insert("level".try_into().unwrap(), FieldValue::I(level));
+        let props = amqprs::BasicProperties::default().with_headers(h).finish();
+        ch.basic_publish(
+            props,
+            body.as_bytes().to_vec(),
+            BasicPublishArguments::new(&x, ""),
+        )
+    };
+    send("us", 3, "no").await.unwrap();
+    send("eu", 2, "no").await.unwrap();
+    send("eu", 3, "yes").await.unwrap();
+    let (_, mut rx) = amqprs_consume(&ch, &q, true).await;
+    assert_eq!(amqprs_body(&amqprs_next(&mut rx).await), b"yes");
+    // Nothing else was routed: a marker published after the others arrives next.
+    let mut h = FieldTable::new();
+    h.insert(
+        "region".try_into().unwrap(),
+        FieldValue::S("eu".try_into().unwrap()),
+    );
+    h.insert("level".try_into().unwrap(), FieldValue::I(3));
+    ch.basic_publish(
+        amqprs::BasicProperties::default().with_headers(h).finish(),
+        b"marker".to_vec(),
+        BasicPublishArguments::new(&x, ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(amqprs_body(&amqprs_next(&mut rx).await), b"marker");
+    ch.exchange_delete(amqprs::channel::ExchangeDeleteArguments::new(&x))
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    broker.shutdown().await;
+}
