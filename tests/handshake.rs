@@ -454,6 +454,7 @@ async fn lapin_connection_closes_cleanly() {
     conn.close(200, "bye".into())
         .await
         .expect("connection.close");
-    assert!(conn.status().closed());
+    // lapin resolves close() before its I/O loop records the closed state.
+    assert!(common::wait_for(|| conn.status().closed(), std::time::Duration::from_secs(5)).await);
     broker.shutdown().await;
 }

@@ -253,10 +253,13 @@ impl Channel {
     pub fn basic_recover(
         &mut self,
         ctx: &mut ConnCtx,
-        _requeue: bool,
+        requeue: bool,
         reply: bool,
     ) -> AmqpResult<()> {
-        // RabbitMQ requeues in both cases (requeue=false is not supported as redelivery to the same consumer).
+        if !requeue {
+            // RabbitMQ does not support redelivering to the original recipient.
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
         let entries: Vec<UnackedEntry> = self.unacked.drain(..).collect();
         let mut released = 0;
         for e in entries {

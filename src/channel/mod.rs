@@ -17,7 +17,7 @@ use crate::protocol::assembler::{Assembler, Command};
 use crate::protocol::{AmqpError, AmqpResult};
 use crate::queue::{ChanKey, ChannelLimiter, Delivery, QueueCmd, QueueHandle};
 use amq_protocol::protocol::{
-    basic, channel, confirm as confirm_class, exchange, queue, tx, AMQPClass,
+    access, basic, channel, confirm as confirm_class, exchange, queue, tx, AMQPClass,
 };
 pub use ctx::ConnCtx;
 use std::collections::{HashMap, VecDeque};
@@ -164,7 +164,12 @@ impl Channel {
             AMQPClass::Tx(tx::AMQPMethod::Select(_)) => self.tx_select(ctx),
             AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => self.tx_commit(ctx).await,
             AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => self.tx_rollback(ctx),
-            AMQPClass::Access(_) => Ok(()),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                // Deprecated in 0-9-1; RabbitMQ still answers with ticket 1.
+                // amq-protocol's RequestOk has no ticket field, so encode it by hand.
+                crate::protocol::codec::encode_raw_method(ctx.out.buf(), self.id, 30, 11, &[0, 1]);
+                Ok(())
+            }
             other => Err(AmqpError::command_invalid(format_args!(
                 "unexpected method {}.{} on channel {}",
                 other.get_amqp_class_id(),

@@ -276,6 +276,23 @@ pub fn encode_method(out: &mut Vec<u8>, channel: u16, method: &AMQPClass) {
     finish_frame(out, start);
 }
 
+/// Appends a method frame from raw argument bytes (for fields amq-protocol omits).
+pub fn encode_raw_method(
+    out: &mut Vec<u8>,
+    channel: u16,
+    class_id: u16,
+    method_id: u16,
+    args: &[u8],
+) {
+    let start = out.len();
+    out.extend_from_slice(&[FRAME_METHOD, 0, 0, 0, 0, 0, 0]);
+    out[start + 1..start + 3].copy_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&class_id.to_be_bytes());
+    out.extend_from_slice(&method_id.to_be_bytes());
+    out.extend_from_slice(args);
+    finish_frame(out, start);
+}
+
 /// Appends a content header frame built from raw property bytes.
 pub fn encode_header(out: &mut Vec<u8>, channel: u16, body_size: u64, raw_properties: &[u8]) {
     let size = 12 + raw_properties.len();
