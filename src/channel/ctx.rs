@@ -110,6 +110,11 @@ impl ConnCtx {
         }
     }
 
+    /// Queues with publishes waiting in this read's batches.
+    pub fn pending_queues(&self) -> Vec<QueueHandle> {
+        self.publishes.iter().map(|(q, _)| q.clone()).collect()
+    }
+
     /// Sends every pending batch to its queue (waits for inbox space: backpressure).
     pub async fn flush(&mut self) {
         for (queue, items) in self.publishes.drain(..) {

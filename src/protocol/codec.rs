@@ -351,6 +351,14 @@ pub fn encode_properties(properties: &AMQPProperties) -> Bytes {
     Bytes::from(buf)
 }
 
+/// Decodes stored property bytes (the inverse of [`encode_properties`]).
+pub fn decode_properties(raw: &[u8]) -> Option<AMQPProperties> {
+    nom::combinator::all_consuming(amq_protocol::protocol::basic::parse_properties)
+        .parse(raw)
+        .ok()
+        .map(|(_, p)| p)
+}
+
 /// Content header frame for a freshly built message (used by tests and the broker itself).
 pub fn content_header(body_size: u64, properties: AMQPProperties) -> ContentHeader {
     let raw_properties = encode_properties(&properties);

@@ -257,6 +257,10 @@ pub enum QueueCmd {
         /// Reply.
         reply: oneshot::Sender<AmqpResult<u32>>,
     },
+    /// Broker shutdown: stop after the commands before it, keeping the log.
+    Stop(oneshot::Sender<()>),
+    /// Replies once everything enqueued before it is durable (`tx.commit`).
+    Sync(oneshot::Sender<()>),
     /// A channel closed: drop its consumers and requeue its unacked messages.
     ChannelClosed(ChanKey),
     /// Capacity freed somewhere (flow on, global prefetch, connection drained).

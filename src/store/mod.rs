@@ -227,6 +227,14 @@ pub struct StoreHandle {
     queues_dir: PathBuf,
 }
 
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreHandle")
+            .field("queues_dir", &self.queues_dir)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Store {
     /// Opens the store dir, recovers everything, starts the thread.
     pub fn open(
