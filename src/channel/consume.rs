@@ -18,7 +18,13 @@ impl Channel {
             );
             self.limiter.wake();
         } else {
+            // As RabbitMQ (rabbit_limiter:unlimit_prefetch): a per-consumer qos
+            // also lifts an earlier channel-wide limit.
             self.consumer_prefetch = q.prefetch_count as u32;
+            self.limiter
+                .global_prefetch
+                .store(0, std::sync::atomic::Ordering::Release);
+            self.limiter.wake();
         }
         ctx.send_method(
             self.id,
