@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
-"""Print the deselected test ids of one suite from interop-tests/deselected.txt.
+"""Read a test list (interop-tests/deselected.txt, flaky.txt) for one suite.
 
-Format of that file: one entry per line, `SUITE TEST-ID  # reason`; blank lines
+    deselected.py FILE SUITE                       print SUITE's test ids
+    deselected.py FILE SUITE --match prefix|exact  print the test ids read on
+        stdin that the list names (exactly, or as a prefix of a pytest node id)
+
+Format of the file: one entry per line, `SUITE TEST-ID  # reason`; blank lines
 and lines starting with `#` are ignored.  Every entry must carry a reason.
 """
 import sys
@@ -24,6 +28,13 @@ def entries(path):
 
 if __name__ == "__main__":
     path, suite = sys.argv[1], sys.argv[2]
-    for s, test_id, _reason in entries(path):
-        if s == suite:
-            print(test_id)
+    ids = [test_id for s, test_id, _reason in entries(path) if s == suite]
+    if len(sys.argv) == 5 and sys.argv[3] == "--match":
+        prefix = sys.argv[4] == "prefix"
+        for line in sys.stdin:
+            name = line.rstrip("\n")
+            if name and any(name == i or (prefix and name.startswith(i)) for i in ids):
+                print(name)
+    else:
+        for i in ids:
+            print(i)

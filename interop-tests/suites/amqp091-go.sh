@@ -42,9 +42,23 @@ run() {
     n="$(grep -cxF -f <(printf '%s\n' "${desel[@]}") <<<"$all" || true)"
     runre="^($keep)\$"
   fi
+  rm -f "$RESULTS/amqp091-go.retry.json"
   cd "$SRC"
-  AMQP_URL="$AMQP_URL" go tool test2json -t -p "$PKG" \
-    "$BIN" -test.v -test.count=1 -test.timeout=20m -test.run "$runre" >"$json" 2>"$log" || rc=$?
+  gotest() { # JSON-FILE RUN-REGEX
+    AMQP_URL="$AMQP_URL" go tool test2json -t -p "$PKG" \
+      "$BIN" -test.v -test.count=1 -test.timeout=20m -test.run "$2" >"$1" 2>>"$log"
+  }
+  : >"$log"
+  gotest "$json" "$runre" || rc=$?
+  # Failed tests listed in flaky.txt get one more run, on their own.
+  local retry=() retry_counts=""
+  mapfile -t retry < <("$PY" "$LIB/counts.py" --failures gojson "$json" | sed -n 's/^FAILED //p' |
+    flaky_failures amqp091-go exact)
+  if (( ${#retry[@]} )); then
+    log "retrying ${#retry[@]} known-flaky test(s): ${retry[*]}"
+    gotest "$RESULTS/amqp091-go.retry.json" "^($(IFS='|'; echo "${retry[*]}"))\$" || true
+    retry_counts="$("$PY" "$LIB/counts.py" gojson "$RESULTS/amqp091-go.retry.json")"
+  fi
   "$PY" -c '
 import json, sys
 for line in open(sys.argv[1], errors="replace"):
@@ -55,7 +69,9 @@ for line in open(sys.argv[1], errors="replace"):
     if out:
         sys.stdout.write(out)' "$json" >>"$log"
   grep -E -- '^(--- FAIL|FAIL|ok|PASS)' "$log" | tail -n 30 >&2 || true
-  emit_from "$("$PY" "$LIB/counts.py" gojson "$json")" "$n" "$(( rc != 0 ))"
+  emit_from "$("$PY" "$LIB/counts.py" gojson "$json")" "$n" "$(( rc != 0 ))" "$retry_counts"
 }
 
-"${1:?usage: $0 install|run}"
+# One line, so that bash has read all of it before running it: editing this
+# file while it runs cannot make bash pick up half of the new text.
+"${1:?usage: $0 install|run}"; exit

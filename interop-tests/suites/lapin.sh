@@ -55,13 +55,25 @@ run() {
   require_url
   local log="$RESULTS/lapin.log" rc=0 skips=() id n=0
   while IFS= read -r id; do skips+=(--skip "$id"); n=$((n + 1)); done < <(deselected lapin)
+  rm -f "$RESULTS/lapin.retry.log"
   cd "$SRC"
   # One test binary at a time (cargo's default); --no-fail-fast: run them all.
   AMQP_ADDR="$AMQP_URL" cargo test "${FEATURES[@]}" --test '*' --no-fail-fast -- \
     ${skips[@]+"${skips[@]}"} >"$log" 2>&1 || rc=$?
   grep -E '^(test |     Running|test result)' "$log" | tail -n 60 >&2 || true
-  local counts; counts="$("$PY" "$LIB/counts.py" cargo "$log")"
-  emit_from "$counts" "$n" "$(( rc != 0 ))"
+  # Failed tests listed in flaky.txt get one more run, on their own.
+  local retry=() retry_counts=""
+  mapfile -t retry < <("$PY" "$LIB/counts.py" --failures cargo "$log" | sed -n 's/^FAILED //p' |
+    flaky_failures lapin exact)
+  if (( ${#retry[@]} )); then
+    log "retrying ${#retry[@]} known-flaky test(s): ${retry[*]}"
+    AMQP_ADDR="$AMQP_URL" cargo test "${FEATURES[@]}" --test '*' --no-fail-fast -- --exact "${retry[@]}" \
+      >"$RESULTS/lapin.retry.log" 2>&1 || true
+    retry_counts="$("$PY" "$LIB/counts.py" cargo "$RESULTS/lapin.retry.log")"
+  fi
+  emit_from "$("$PY" "$LIB/counts.py" cargo "$log")" "$n" "$(( rc != 0 ))" "$retry_counts"
 }
 
-"${1:?usage: $0 install|run}"
+# One line, so that bash has read all of it before running it: editing this
+# file while it runs cannot make bash pick up half of the new text.
+"${1:?usage: $0 install|run}"; exit

@@ -15,4 +15,6 @@ run() {
   emit_from "$("$PY" "$LIB/counts.py" plain "$log")" 0 "$(( rc != 0 ))"
 }
 
-"${1:?usage: $0 install|run}"
+# One line, so that bash has read all of it before running it: editing this
+# file while it runs cannot make bash pick up half of the new text.
+"${1:?usage: $0 install|run}"; exit
