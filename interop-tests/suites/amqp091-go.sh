@@ -46,7 +46,7 @@ run() {
   cd "$SRC"
   gotest() { # JSON-FILE RUN-REGEX
     AMQP_URL="$AMQP_URL" go tool test2json -t -p "$PKG" \
-      "$BIN" -test.v -test.count=1 -test.timeout=20m -test.run "$2" >"$1" 2>>"$log"
+      "$BIN" -test.v -test.count=1 -test.timeout=12m -test.run "$2" >"$1" 2>>"$log"
   }
   : >"$log"
   gotest "$json" "$runre" || rc=$?
