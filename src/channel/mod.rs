@@ -122,10 +122,7 @@ impl Channel {
 
     async fn method(&mut self, ctx: &mut ConnCtx, m: AMQPClass) -> AmqpResult<()> {
         match m {
-            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => {
-                self.channel_flow(ctx, f.active);
-                Ok(())
-            }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => self.channel_flow(ctx, f.active),
             AMQPClass::Channel(channel::AMQPMethod::FlowOk(_)) => Ok(()),
             AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
                 Err(AmqpError::channel_error("second 'channel.open' seen"))
@@ -179,17 +176,17 @@ impl Channel {
         }
     }
 
-    fn channel_flow(&mut self, ctx: &mut ConnCtx, active: bool) {
-        self.limiter
-            .flow
-            .store(active, std::sync::atomic::Ordering::Release);
-        if active {
-            self.limiter.wake();
+    /// `channel.flow`: like RabbitMQ (since 3.3), only `active=true` is accepted;
+    /// clients' own test suites (amqp091-go) rely on the 540 for `active=false`.
+    fn channel_flow(&mut self, ctx: &mut ConnCtx, active: bool) -> AmqpResult<()> {
+        if !active {
+            return Err(AmqpError::not_implemented("active=false"));
         }
         ctx.send_method(
             self.id,
             &AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active })),
         );
+        Ok(())
     }
 
     /// Writes a delivery from a queue (or drops it if its consumer is gone).
