@@ -887,3 +887,37 @@ async fn publishing_to_amq_default_fails_with_404() {
     );
     broker.shutdown().await;
 }
+
+/// Two exchanges naming each other as alternate exchange: an unroutable publish
+/// must end (no route) instead of looping, and the broker keeps serving.
+#[tokio::test]
+async fn alternate_exchange_cycle_is_broken() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let (a, b) = (unique("ae-a"), unique("ae-b"));
+    for (name, alt) in [(&a, &b), (&b, &a)] {
+        let mut args = FieldTable::default();
+        args.insert(
+            "alternate-exchange".into(),
+            AMQPValue::LongString(LongString::from(alt.as_bytes().to_vec())),
+        );
+        ch.exchange_declare(
+            name.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            args,
+        )
+        .await
+        .expect("exchange.declare");
+    }
+    let q = temp_queue(&ch).await;
+    // Unroutable through both: confirmed, nothing delivered, connection alive.
+    publish_confirmed(&ch, &a, "nowhere", b"loop?").await;
+    bind(&ch, &q, &b, "k").await;
+    // Routable only through the alternate: lands in q.
+    publish_confirmed(&ch, &a, "k", b"via alternate").await;
+    assert_eq!(get_body(&ch, &q).await, Some(b"via alternate".to_vec()));
+    broker.shutdown().await;
+}

@@ -655,14 +655,28 @@ impl VHost {
         headers: Option<&FieldTable>,
         out: &mut Vec<QueueHandle>,
     ) {
+        let mut visited: Vec<Arc<str>> = Vec::new();
+        self.route_from(ex, routing_key, headers, out, &mut visited);
+    }
+
+    /// One routing step; `visited` spans the whole walk, alternate exchanges
+    /// included, so no cycle of bindings or alternates can loop.
+    fn route_from(
+        &self,
+        ex: &Exchange,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<QueueHandle>,
+        visited: &mut Vec<Arc<str>>,
+    ) {
         if ex.name.is_empty() {
             if let Some(q) = self.queue(routing_key) {
                 out.push(q);
             }
             return;
         }
+        visited.push(ex.name.clone());
         let mut dests: Vec<Destination> = Vec::new();
-        let mut visited: Vec<Arc<str>> = vec![ex.name.clone()];
         ex.bindings.read().route(routing_key, headers, &mut dests);
         let mut i = 0;
         while i < dests.len() {
@@ -692,27 +706,15 @@ impl VHost {
             }
         }
         if out.len() == start {
-            self.route_alternate(ex, routing_key, headers, out, &mut visited);
-        }
-    }
-
-    fn route_alternate(
-        &self,
-        ex: &Exchange,
-        routing_key: &str,
-        headers: Option<&FieldTable>,
-        out: &mut Vec<QueueHandle>,
-        visited: &mut Vec<Arc<str>>,
-    ) {
-        let Some(alt) = alternate_exchange(&ex.arguments) else {
-            return;
-        };
-        if visited.iter().any(|v| **v == *alt) {
-            return;
-        }
-        if let Some(alt_ex) = self.exchange(&alt) {
-            visited.push(alt_ex.name.clone());
-            self.route(&alt_ex, routing_key, headers, out);
+            let Some(alt) = alternate_exchange(&ex.arguments) else {
+                return;
+            };
+            if visited.iter().any(|v| **v == *alt) {
+                return;
+            }
+            if let Some(alt_ex) = self.exchange(&alt) {
+                self.route_from(&alt_ex, routing_key, headers, out, visited);
+            }
         }
     }
 }
@@ -725,6 +727,12 @@ fn is_stored(q: &QueueHandle) -> bool {
 /// The store key of a queue: unambiguous for any vhost and queue name.
 pub fn queue_key(vhost: &str, queue: &str) -> String {
     format!("{}:{}{}", vhost.len(), vhost, queue)
+}
+
+/// The vhost part of a [`queue_key`].
+pub fn key_vhost(key: &str) -> Option<&str> {
+    let (len, rest) = key.split_once(':')?;
+    rest.get(..len.parse::<usize>().ok()?)
 }
 
 fn alternate_exchange(args: &FieldTable) -> Option<String> {

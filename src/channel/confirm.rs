@@ -58,7 +58,15 @@ impl Confirms {
     pub fn flush(&mut self, channel: u16, ctx: &mut ConnCtx) {
         if !self.done.is_empty() {
             self.done.sort_unstable();
-            let oldest_outstanding = self.outstanding.keys().next().copied().unwrap_or(u64::MAX);
+            // A multiple ack must not cover a seq nacked in this round.
+            let lowest_nack = self.nacked.iter().min().copied().unwrap_or(u64::MAX);
+            let oldest_outstanding = self
+                .outstanding
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(u64::MAX)
+                .min(lowest_nack);
             let below = self.done.partition_point(|s| *s < oldest_outstanding);
             match below {
                 0 => {}

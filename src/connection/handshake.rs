@@ -140,7 +140,10 @@ async fn exchange(
     };
     let channel_max = negotiate(tune_ok.channel_max as u32, cfg.channel_max as u32) as u16;
     let frame_max = negotiate(tune_ok.frame_max, offered_frame_max);
-    if frame_max < 4096 || (offered_frame_max != 0 && tune_ok.frame_max > offered_frame_max) {
+    // 0 on both sides means "no limit".
+    if (frame_max != 0 && frame_max < 4096)
+        || (offered_frame_max != 0 && tune_ok.frame_max > offered_frame_max)
+    {
         // RabbitMQ drops the socket without a reason for an out-of-range frame_max.
         warn!(
             frame_max = tune_ok.frame_max,

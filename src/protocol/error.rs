@@ -115,6 +115,23 @@ impl fmt::Display for AmqpError {
 
 impl std::error::Error for AmqpError {}
 
+/// Longest reply text that fits the short-string field.
+pub const MAX_REPLY_TEXT: usize = 255;
+
+/// Cuts a reply text to 252 bytes plus `...` when it would not fit a short
+/// string, as RabbitMQ does (a longer text cannot be encoded at all).
+pub fn cap_reply_text(mut text: String) -> String {
+    if text.len() > MAX_REPLY_TEXT {
+        let mut end = MAX_REPLY_TEXT - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
 /// Result alias for operations that fail with a protocol error.
 pub type AmqpResult<T> = Result<T, AmqpError>;
 
@@ -123,7 +140,7 @@ impl AmqpError {
     pub fn new(code: ReplyCode, detail: impl fmt::Display) -> Self {
         AmqpError {
             code,
-            text: format!("{} - {}", code.name(), detail),
+            text: cap_reply_text(format!("{} - {}", code.name(), detail)),
             class_id: 0,
             method_id: 0,
         }
@@ -264,6 +281,9 @@ mod tests {
             AmqpError::inequivalent_arg("durable", "queue", "q", "/", true, false).text,
             "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true' but current is 'false'"
         );
+        let long = AmqpError::no_queue(&"q".repeat(400), "/");
+        assert_eq!(long.text.len(), 255);
+        assert!(long.text.ends_with("..."));
         assert!(!ReplyCode::NotFound.is_hard());
         assert!(ReplyCode::FrameError.is_hard());
         assert!(ReplyCode::NotAllowed.is_hard());

@@ -155,17 +155,50 @@ impl Queue {
                 break;
             }
             batch.append(&mut control);
-            for cmd in batch.drain(..) {
+            let mut cmds = batch.drain(..);
+            while let Some(cmd) = cmds.next() {
                 if let Flow::Stop = self.handle(cmd) {
+                    let rest: Vec<QueueCmd> = cmds.collect();
+                    Self::release_pending(rest, &mut rx, &mut ctl);
                     debug!("queue stopped");
                     return;
                 }
             }
+            drop(cmds);
             self.dispatch();
             self.me.gauge.update(self.ready.len(), self.consumers.len());
             if self.should_auto_delete() {
                 self.auto_delete();
+                Self::release_pending(Vec::new(), &mut rx, &mut ctl);
                 return;
+            }
+        }
+    }
+
+    /// After the queue stopped: publishes that were already routed here are
+    /// confirmed (as RabbitMQ confirms messages routed to a queue deleted in
+    /// flight), and every question is dropped, which its asker sees as "gone".
+    fn release_pending(
+        rest: Vec<QueueCmd>,
+        rx: &mut mpsc::Receiver<QueueCmd>,
+        ctl: &mut mpsc::UnboundedReceiver<QueueCmd>,
+    ) {
+        rx.close();
+        ctl.close();
+        let mut pending = rest;
+        while let Ok(cmd) = rx.try_recv() {
+            pending.push(cmd);
+        }
+        for cmd in pending {
+            if let QueueCmd::Publish {
+                items,
+                conn: Some(conn),
+            } = cmd
+            {
+                let tags: Vec<_> = items.into_iter().filter_map(|(_, t)| t).collect();
+                if !tags.is_empty() {
+                    let _ = conn.tx.send(ConnEvent::Confirms { tags, ok: true });
+                }
             }
         }
     }
