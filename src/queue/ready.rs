@@ -1,0 +1,1 @@
+//! The ready-message container (filled in a later commit).
