@@ -666,6 +666,120 @@ impl ConsumerArgs {
     }
 }
 
+/// Checks a redeclare's arguments against the existing queue's, as RabbitMQ's
+/// `rabbit_misc:assert_args_equivalence/4` does (new arguments are not validated
+/// on a redeclare, only compared).
+///
+/// Only the arguments the existing queue's type takes are compared, in RabbitMQ's
+/// order; integer types are interchangeable (`signedint` 10 equals `long` 10), an
+/// absent `x-queue-type` equals `classic`. Texts (RabbitMQ 3.10.8):
+/// `inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received '20' but current is '10'`,
+/// `... received none but current is the value '10' of type 'signedint'`.
+pub fn check_equivalent(
+    current: &FieldTable,
+    new: &FieldTable,
+    current_type: QueueType,
+    queue: &str,
+    vhost: &str,
+) -> Result<(), AmqpError> {
+    for key in current_type.queue_arguments() {
+        let (c, n) = (current.inner().get(*key), new.inner().get(*key));
+        let same = match (c, n) {
+            (None, None) => true,
+            (Some(c), Some(n)) => equivalent_values(c, n),
+            (None, Some(v)) | (Some(v), None) => {
+                *key == "x-queue-type" && str_value(v) == Some(b"classic".as_slice())
+            }
+        };
+        if !same {
+            let describe = |v: Option<&AMQPValue>| match v {
+                None => b"none".to_vec(),
+                // val(undefined) when both are present: void's value is `undefined`.
+                Some(AMQPValue::Void) if c.is_some() && n.is_some() => b"none".to_vec(),
+                Some(v) if c.is_some() && n.is_some() => {
+                    let mut out = b"'".to_vec();
+                    out.extend(erl_value_text(v, 2));
+                    out.push(b'\'');
+                    out
+                }
+                Some(v) => {
+                    let mut out = b"the value '".to_vec();
+                    out.extend(erl_value_text(v, 12));
+                    out.extend_from_slice(format!("' of type '{}'", type_name(v)).as_bytes());
+                    out
+                }
+            };
+            let mut text = format!(
+                "inequivalent arg '{key}' for queue '{queue}' in vhost '{vhost}': received "
+            )
+            .into_bytes();
+            text.extend(describe(n));
+            text.extend_from_slice(b" but current is ");
+            text.extend(describe(c));
+            return Err(precondition(text));
+        }
+    }
+    Ok(())
+}
+
+/// RabbitMQ's test: same type class (every integer type is `int`) and `==`
+/// values, or else `=:=` values whatever the types (`longstr` "x" equals
+/// `binary` "x", `timestamp` 10 equals `long` 10). Both come down to equal
+/// Erlang terms for the value parts.
+fn equivalent_values(a: &AMQPValue, b: &AMQPValue) -> bool {
+    erl_term(a) == erl_term(b)
+}
+
+/// How `rabbit_misc:val/1` prints a value: binaries raw (`~s`), the rest as `~p`
+/// at column `col` (80-column lines).
+fn erl_value_text(v: &AMQPValue, col: i64) -> Vec<u8> {
+    match v {
+        AMQPValue::LongString(s) => s.as_bytes().to_vec(),
+        AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
+        AMQPValue::ByteArray(b) => b.as_slice().to_vec(),
+        v => erl::pretty(&erl_term(v), col, 80),
+    }
+}
+
+/// The Erlang term RabbitMQ holds for a field value (`{Type, Value}` inside arrays,
+/// `{Key, Type, Value}` inside tables).
+fn erl_term(v: &AMQPValue) -> erl::Term {
+    use erl::Term;
+    match v {
+        AMQPValue::Boolean(b) => Term::atom(if *b { "true" } else { "false" }),
+        AMQPValue::Float(f) => Term::Float(f64::from(*f)),
+        AMQPValue::Double(f) => Term::Float(*f),
+        AMQPValue::DecimalValue(d) => Term::Tuple(vec![
+            Term::int(i64::from(d.scale)),
+            Term::int(i64::from(d.value)),
+        ]),
+        AMQPValue::LongString(s) => Term::Binary(s.as_bytes().to_vec()),
+        AMQPValue::ShortString(s) => Term::Binary(s.as_str().as_bytes().to_vec()),
+        AMQPValue::ByteArray(b) => Term::Binary(b.as_slice().to_vec()),
+        AMQPValue::Timestamp(t) => Term::Int(t.to_string()),
+        AMQPValue::Void => Term::atom("undefined"),
+        AMQPValue::FieldArray(a) => Term::List(
+            a.as_slice()
+                .iter()
+                .map(|v| Term::Tuple(vec![Term::atom(type_name(v)), erl_term(v)]))
+                .collect(),
+        ),
+        AMQPValue::FieldTable(t) => Term::List(
+            t.inner()
+                .iter()
+                .map(|(k, v)| {
+                    Term::Tuple(vec![
+                        Term::Binary(k.as_str().as_bytes().to_vec()),
+                        Term::atom(type_name(v)),
+                        erl_term(v),
+                    ])
+                })
+                .collect(),
+        ),
+        v => Term::int(int_value(v).expect("the remaining types are integers")),
+    }
+}
+
 /// The per-message TTL in the `expiration` property, validated as `basic.publish` does.
 ///
 /// RabbitMQ parses the string with Erlang's `string:to_integer/1` (one optional sign,
@@ -744,6 +858,12 @@ mod erl {
         Chars(Vec<u8>),
         /// A tuple.
         Tuple(Vec<Term>),
+        /// A list of terms.
+        List(Vec<Term>),
+        /// A binary.
+        Binary(Vec<u8>),
+        /// A float.
+        Float(f64),
     }
 
     impl Term {
@@ -777,7 +897,7 @@ mod erl {
     /// `io_lib:format("~Np", [Term])` at column `col` with line length `ll`.
     pub fn pretty(term: &Term, col: i64, ll: i64) -> Vec<u8> {
         let node = Node::of(term);
-        if matches!(term, Term::Atom(_) | Term::Int(_)) {
+        if matches!(term, Term::Atom(_) | Term::Int(_) | Term::Float(_)) {
             return node.write();
         }
         let m = node.len;
@@ -791,6 +911,42 @@ mod erl {
         let mut out = Vec::new();
         pp(&node, col, ll, m, tind, col - 1, 0, 0, &mut out);
         out
+    }
+
+    /// Erlang's shortest float text: round-trip digits, fixed or scientific
+    /// notation, whichever is shorter (fixed on a tie; scientific from 2^53):
+    /// `10.0`, `1.0e3`, `0.0012`.
+    fn float(f: f64) -> String {
+        if f == 0.0 {
+            return if f.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+        }
+        let sci = format!("{:e}", f.abs()); // shortest round-trip digits, e.g. "1.2345e3"
+        let (mantissa, exp) = sci.split_once('e').expect("LowerExp has an exponent");
+        let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+        let exp: i64 = exp.parse().expect("integer exponent");
+        let sign = if f < 0.0 { "-" } else { "" };
+        let n = digits.len() as i64;
+        // Value = 0.DIGITS × 10^(exp+1).
+        let point = exp + 1;
+        let fixed = if point <= 0 {
+            format!("0.{}{}", "0".repeat((-point) as usize), digits)
+        } else if point < n {
+            format!(
+                "{}.{}",
+                &digits[..point as usize],
+                &digits[point as usize..]
+            )
+        } else {
+            format!("{}{}.0", digits, "0".repeat((point - n) as usize))
+        };
+        let frac = if n > 1 { &digits[1..] } else { "0" };
+        let scientific = format!("{}.{}e{}", &digits[..1], frac, exp);
+        // float_to_list(F, [short]): from 2^53 on, integers are not exact, so always scientific.
+        if fixed.len() <= scientific.len() && f.abs() < 9_007_199_254_740_992.0 {
+            format!("{sign}{fixed}")
+        } else {
+            format!("{sign}{scientific}")
+        }
     }
 
     /// `io_lib:printable_latin1_list/1`.
@@ -842,6 +998,25 @@ mod erl {
                     }
                     q.push(b'"');
                     Node::leaf(q)
+                }
+                Term::List(items) if items.is_empty() => Node::leaf(b"[]".to_vec()),
+                Term::List(items) => Node::seq(items.iter().map(Node::of).collect(), Kind::List),
+                Term::Float(f) => Node::leaf(float(*f).into_bytes()),
+                // Printable binaries as <<"...">>, others as bytes (OTP 25 also
+                // prints UTF-8 text as <<"..."/utf8>>; not needed for our texts).
+                Term::Binary(b) if b.is_empty() => Node::leaf(b"<<>>".to_vec()),
+                Term::Binary(b) if printable_latin1(b) => {
+                    let Kind::Leaf(q) = Node::of(&Term::Chars(b.clone())).kind else {
+                        unreachable!("a printable string is a leaf")
+                    };
+                    let mut s = b"<<".to_vec();
+                    s.extend(q);
+                    s.extend_from_slice(b">>");
+                    Node::leaf(s)
+                }
+                Term::Binary(b) => {
+                    let items: Vec<String> = b.iter().map(|c| c.to_string()).collect();
+                    Node::leaf(format!("<<{}>>", items.join(",")).into_bytes())
                 }
                 Term::Chars(s) => Node::seq(
                     s.iter()
@@ -1619,6 +1794,75 @@ mod tests {
                 .consumer_timeout,
             Some(5)
         );
+    }
+
+    #[test]
+    fn redeclare_equivalence_has_rabbitmq_texts() {
+        let ineq = |k: &str, d: &str| {
+            format!("{PF}inequivalent arg '{k}' for queue 'eq' in vhost '/': {d}")
+        };
+        let check = |cur: &[(&str, AMQPValue)], new: &[(&str, AMQPValue)]| {
+            check_equivalent(&table(cur), &table(new), QueueType::Classic, "eq", "/")
+                .map_err(|e| e.text)
+        };
+        let ten = [("x-max-length", i(10))];
+        // Captured from RabbitMQ 3.10.8.
+        type Args<'a> = Vec<(&'a str, AMQPValue)>;
+        let cases: Vec<(&str, Args, Args, &str)> = vec![
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", i(20))], "received '20' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![], "received none but current is the value '10' of type 'signedint'"),
+            ("x-max-length", vec![], ten.to_vec(), "received the value '10' of type 'signedint' but current is none"),
+            ("x-message-ttl", vec![("x-message-ttl", i(10))], vec![("x-message-ttl", s("10"))], "received '10' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", i(-1))], "received '-1' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", AMQPValue::Double(1.5))], "received '1.5' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", AMQPValue::Float(1.1))], "received '1.100000023841858' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", AMQPValue::Double(1000.0))], "received '1.0e3' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", AMQPValue::FieldArray(vec![s("a"), i(1)].into()))], "received '[{longstr,<<\"a\">>},{signedint,1}]' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", AMQPValue::FieldTable(table(&[("k", s("v")), ("n", i(2))])))], "received '[{<<\"k\">>,longstr,<<\"v\">>},{<<\"n\">>,signedint,2}]' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", AMQPValue::Boolean(true))], "received 'true' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", AMQPValue::Void)], "received none but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", AMQPValue::Timestamp(1_577_836_800))], "received '1577836800' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", s("é€"))], "received 'é€' but current is '10'"),
+            ("x-max-length", ten.to_vec(), vec![("x-max-length", AMQPValue::FieldArray(FieldArray::default()))], "received '[]' but current is '10'"),
+            ("x-max-length", vec![], vec![("x-max-length", AMQPValue::Void)], "received the value 'undefined' of type 'void' but current is none"),
+            ("x-max-length", vec![], vec![("x-max-length", AMQPValue::FieldArray(vec![s("a")].into()))], "received the value '[{longstr,<<\"a\">>}]' of type 'array' but current is none"),
+            ("x-max-length", vec![], vec![("x-max-length", AMQPValue::Boolean(true))], "received the value 'true' of type 'bool' but current is none"),
+            ("x-dead-letter-exchange", vec![("x-dead-letter-exchange", s("a"))], vec![("x-dead-letter-exchange", s("b"))], "received 'b' but current is 'a'"),
+            ("x-single-active-consumer", vec![("x-single-active-consumer", AMQPValue::Boolean(true))], vec![("x-single-active-consumer", AMQPValue::Boolean(false))], "received 'false' but current is 'true'"),
+            ("x-overflow", vec![("x-overflow", s("drop-head"))], vec![("x-overflow", s("reject-publish"))], "received 'reject-publish' but current is 'drop-head'"),
+            ("x-message-ttl", vec![("x-max-length", i(10)), ("x-message-ttl", i(5))], vec![("x-max-length", i(11)), ("x-message-ttl", i(6))], "received '6' but current is '5'"),
+        ];
+        for (key, cur, new, detail) in cases {
+            assert_eq!(
+                check(&cur, &new),
+                Err(ineq(key, detail)),
+                "{cur:?} → {new:?}"
+            );
+        }
+        // Equivalent: any integer types, longstr vs binary, classic vs no type, unknown args.
+        check(&ten, &[("x-max-length", AMQPValue::LongLongInt(10))]).unwrap();
+        check(&ten, &[("x-max-length", AMQPValue::ShortShortInt(10))]).unwrap();
+        check(
+            &[("x-dead-letter-exchange", s("x"))],
+            &[(
+                "x-dead-letter-exchange",
+                AMQPValue::ByteArray(b"x".to_vec().into()),
+            )],
+        )
+        .unwrap();
+        check(&[("x-queue-type", s("classic"))], &[]).unwrap();
+        check(&[], &[("x-queue-type", s("classic"))]).unwrap();
+        check(&[("x-foo", i(1))], &[("x-foo", i(2))]).unwrap();
+        // Quorum queues compare their own arguments.
+        let e = check_equivalent(
+            &table(&[("x-delivery-limit", i(5))]),
+            &table(&[("x-delivery-limit", i(6))]),
+            QueueType::Quorum,
+            "qq",
+            "/",
+        )
+        .unwrap_err();
+        assert_eq!(e.text, format!("{PF}inequivalent arg 'x-delivery-limit' for queue 'qq' in vhost '/': received '6' but current is '5'"));
     }
 
     fn expiration(e: &str) -> Result<Option<u64>, String> {
