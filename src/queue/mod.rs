@@ -7,7 +7,10 @@
 //! `recv_many` so one wake-up serves many commands.
 
 pub mod actor;
+pub mod args;
+pub mod dead_letter;
 pub mod limiter;
+pub mod ready;
 
 use crate::message::Message;
 use crate::protocol::AmqpResult;
