@@ -10,6 +10,7 @@ use super::{Ids, Storage};
 use crate::exchange::{Bindings, ExchangeKind};
 use crate::protocol::{AmqpError, AmqpResult};
 use crate::queue::actor::QueueStore;
+use crate::queue::args::QueueArgs;
 use crate::queue::{actor, QueueCmd, QueueHandle, QueueInfo};
 use crate::store::StoredMessage;
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -294,6 +295,17 @@ impl VHost {
             self.check_queue_equivalent(&q, d)?;
             return Ok(q);
         }
+        if d.name.is_empty() {
+            QueueArgs::check_server_named(&d.arguments)?;
+        }
+        let args = QueueArgs::parse(
+            &d.arguments,
+            &name,
+            &self.name,
+            d.durable,
+            d.exclusive,
+            d.auto_delete,
+        )?;
         if name.starts_with("amq.") && !d.name.is_empty() {
             return Err(AmqpError::access_refused(format_args!(
                 "queue name '{}' contains reserved prefix 'amq.*'",
@@ -314,6 +326,7 @@ impl VHost {
             exclusive_owner: d.exclusive.then_some(conn_id),
             auto_delete: d.auto_delete,
             arguments: d.arguments.clone(),
+            args,
         };
         let handle = self.spawn_queue(info, Vec::new());
         queues.insert(handle.info.name.clone(), handle.clone());
@@ -340,6 +353,7 @@ impl VHost {
         actor::spawn(
             self.ids.next(),
             info,
+            self.me.clone(),
             Box::new(move |q: &QueueHandle| {
                 if let Some(vhost) = me.upgrade() {
                     vhost.unregister_queue(q);
@@ -630,6 +644,15 @@ impl VHost {
                 exclusive_owner: None,
                 auto_delete: q.auto_delete,
                 arguments: q.arguments.clone(),
+                args: QueueArgs::parse(
+                    &q.arguments,
+                    &q.name,
+                    &self.name,
+                    true,
+                    false,
+                    q.auto_delete,
+                )
+                .unwrap_or_default(),
             };
             let handle = self.spawn_queue(info, msgs);
             self.queues.write().insert(handle.info.name.clone(), handle);

@@ -32,6 +32,11 @@ use writer::WriterHandle;
 
 /// How long to wait for `connection.close-ok` after sending `connection.close`.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Why a connection ended when the client sent `connection.close`.
+const CLIENT_CLOSED: &str = "client closed the connection";
+/// How long to wait for the client to close the socket after close-ok.
+const CLIENT_EOF_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Longest a publisher pauses for one congested queue before reading again.
 const FLOW_PAUSE_MAX: Duration = Duration::from_millis(50);
 /// Read buffer growth step.
@@ -96,6 +101,12 @@ pub async fn serve(
             last_write: Instant::now(),
         };
         let reason = c.run(shutdown).await;
+        if reason == CLIENT_CLOSED {
+            // The client, having received close-ok, closes the socket (AMQP
+            // 0-9-1 §2.2.4); closing first races with clients that treat an
+            // early EOF as an error.
+            c.await_client_eof().await;
+        }
         c.release_all().await;
         neg.vhost.delete_exclusive_queues(id).await;
         drop(c);
@@ -189,6 +200,19 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Waits (bounded) for the client to close its end after our close-ok.
+    async fn await_client_eof(&mut self) {
+        let mut scratch = [0u8; 256];
+        let _ = tokio::time::timeout(CLIENT_EOF_TIMEOUT, async {
+            while let Ok(n) = self.read_half.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     fn flush_out(&mut self) {
@@ -325,7 +349,7 @@ impl Connection {
                             connection::CloseOk {},
                         )),
                     );
-                    Flow::Stop("client closed the connection")
+                    Flow::Stop(CLIENT_CLOSED)
                 }
                 AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Flow::Stop("close-ok"),
                 AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {

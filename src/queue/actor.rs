@@ -7,17 +7,19 @@
 //! uses unbounded sends to connection inboxes, so no cycle of bounded channels
 //! can deadlock.
 
+use super::dead_letter::{self, Reason};
 use super::limiter::Credit;
 use super::{
     ChanKey, ConnEvent, ConnHandle, ConsumerSpec, Delivery, GetResult, PublishBatch, QueueCmd,
     QueueHandle, QueueInfo, Settle,
 };
+use crate::broker::VHost;
 use crate::message::Message;
 use crate::protocol::{AmqpError, ReplyCode};
 use crate::store::{QueueKey, StoreHandle, StoredMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 use tracing::{debug, Instrument};
 
@@ -75,6 +77,7 @@ struct Queue {
     had_consumer: bool,
     on_auto_delete: Option<OnAutoDelete>,
     store: Option<QueueStore>,
+    vhost: Weak<VHost>,
 }
 
 /// Starts a queue task and returns its handle. A durable queue gets its store
@@ -82,6 +85,7 @@ struct Queue {
 pub fn spawn(
     id: super::QueueId,
     info: QueueInfo,
+    vhost: Weak<VHost>,
     on_auto_delete: OnAutoDelete,
     store: Option<QueueStore>,
     recovered: Vec<StoredMessage>,
@@ -124,6 +128,7 @@ pub fn spawn(
         had_consumer: false,
         on_auto_delete: Some(on_auto_delete),
         store,
+        vhost,
     };
     tokio::spawn(queue.run(rx, ctl_rx).instrument(span));
     handle
@@ -341,6 +346,68 @@ impl Queue {
         }
     }
 
+    /// Republishes messages to the queue's dead-letter exchange, if it has one,
+    /// with RabbitMQ's x-death headers (the body is shared, not copied).
+    fn dead_letter(&self, msgs: Vec<Arc<Message>>, reason: Reason) {
+        let args = &self.me.info.args;
+        let (Some(dlx), false) = (args.dead_letter_exchange.as_deref(), msgs.is_empty()) else {
+            return;
+        };
+        let Some(vhost) = self.vhost.upgrade() else {
+            return;
+        };
+        let Some(exchange) = vhost.exchange(dlx) else {
+            // RabbitMQ drops dead letters whose exchange does not exist.
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let queue = &*self.me.info.name;
+        let mut targets = Vec::new();
+        let mut batches: Vec<(QueueHandle, super::PublishBatch)> = Vec::new();
+        for msg in msgs {
+            let props = dead_letter::dead_letter_properties(
+                &msg.properties,
+                reason,
+                queue,
+                &msg.exchange,
+                &[&msg.routing_key],
+                now,
+            );
+            let (props, keys) = dead_letter::republish_routing(
+                props,
+                &msg.routing_key,
+                args.dead_letter_routing_key.as_deref(),
+            );
+            let dead = Arc::new(Message {
+                exchange: dlx.into(),
+                routing_key: keys[0].as_str().into(),
+                raw_properties: crate::protocol::codec::encode_properties(&props),
+                properties: props,
+                body: msg.body.clone(),
+            });
+            targets.clear();
+            for key in &keys {
+                vhost.route(&exchange, key, dead.headers(), &mut targets);
+            }
+            targets.dedup_by_key(|q| q.id);
+            for q in targets.drain(..) {
+                if dead_letter::is_cycle(&dead.properties, &q.info.name, reason) {
+                    continue;
+                }
+                match batches.iter_mut().find(|(b, _)| b.id == q.id) {
+                    Some((_, items)) => items.push((dead.clone(), None)),
+                    None => batches.push((q, vec![(dead.clone(), None)])),
+                }
+            }
+        }
+        for (q, items) in batches {
+            q.send_dead_lettered(items);
+        }
+    }
+
     /// Records that persisted messages left the queue for good.
     fn forget(&self, seqs: Vec<u64>) {
         if let (Some(store), false) = (&self.store, seqs.is_empty()) {
@@ -409,6 +476,7 @@ impl Queue {
     fn settle(&mut self, chan_key: ChanKey, ids: &[u64], how: Settle) {
         let mut requeue = Vec::new();
         let mut gone = Vec::new();
+        let mut rejected = Vec::new();
         for id in ids {
             let Some(u) = self.unacked.remove(id) else {
                 continue;
@@ -417,12 +485,18 @@ impl Queue {
             self.release_consumer_credit(u.chan_key, u.consumer_tag.as_ref());
             if how == Settle::Requeue {
                 requeue.push(u.entry);
-            } else if u.entry.persisted {
+                continue;
+            }
+            if u.entry.persisted {
                 gone.push(u.entry.id);
+            }
+            if how == Settle::Discard {
+                rejected.push(u.entry.msg);
             }
         }
         self.forget(gone);
         self.requeue(requeue);
+        self.dead_letter(rejected, Reason::Rejected);
     }
 
     fn release_consumer_credit(&mut self, chan_key: ChanKey, tag: Option<&Arc<str>>) {

@@ -40,6 +40,8 @@ pub struct QueueInfo {
     pub auto_delete: bool,
     /// Declaration arguments.
     pub arguments: FieldTable,
+    /// The arguments, parsed and validated.
+    pub args: args::QueueArgs,
 }
 
 /// Ready messages above which a queue with consumers asks its publishers to pause.
@@ -293,6 +295,15 @@ impl QueueHandle {
         } else {
             self.tx.send(cmd).await.is_ok()
         }
+    }
+
+    /// Hands over dead-lettered messages without waiting: a queue actor must never
+    /// wait on another queue's inbox (two queues dead-lettering into each other
+    /// would deadlock), so these take the unbounded lane.
+    pub fn send_dead_lettered(&self, items: PublishBatch) -> bool {
+        self.ctl
+            .send(QueueCmd::Publish { items, conn: None })
+            .is_ok()
     }
 
     /// Sends a control command without waiting.
