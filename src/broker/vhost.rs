@@ -499,8 +499,16 @@ impl VHost {
         routing_key: &str,
         args: &FieldTable,
     ) -> AmqpResult<()> {
-        let ex = self.bindable_source(source)?;
-        self.check_destination(&dest)?;
+        if source.is_empty() {
+            return Err(AmqpError::access_refused(DEFAULT_EXCHANGE_DENIED));
+        }
+        // RabbitMQ 3.10: unbinding from or to something that no longer exists succeeds.
+        let Some(ex) = self.exchange(source) else {
+            return Ok(());
+        };
+        if self.check_destination(&dest).is_err() {
+            return Ok(());
+        }
         let (removed, emptied) = {
             let mut b = ex.bindings.write();
             let removed = b.unbind(&dest, routing_key, args);

@@ -63,6 +63,7 @@ impl Channel {
                 Some(_) => {}
             }
         }
+        crate::queue::args::message_expiration(&header.properties)?;
         let reply_to = header.properties.reply_to().as_ref().map(|r| r.as_str());
         if reply_to == Some(REPLY_TO_QUEUE) && self.reply_key.is_none() {
             return Err(AmqpError::precondition(

@@ -7,6 +7,7 @@
 //! uses unbounded sends to connection inboxes, so no cycle of bounded channels
 //! can deadlock.
 
+use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, Reason};
 use super::limiter::Credit;
 use super::{
@@ -21,6 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 /// Capacity of a queue's inbox, in commands (each command may carry a batch).
@@ -38,6 +40,8 @@ struct Entry {
     persisted: bool,
     /// How many times it was handed to a consumer.
     deliveries: u32,
+    /// When it expires (queue `x-message-ttl` or the message's `expiration`).
+    expires_at: Option<Instant>,
 }
 
 /// A durable queue's link to the message store.
@@ -78,6 +82,8 @@ struct Queue {
     on_auto_delete: Option<OnAutoDelete>,
     store: Option<QueueStore>,
     vhost: Weak<VHost>,
+    /// Body bytes of the ready messages (for `x-max-length-bytes`).
+    ready_bytes: u64,
 }
 
 /// Starts a queue task and returns its handle. A durable queue gets its store
@@ -107,6 +113,7 @@ pub fn spawn(
         match Message::restore(&m.exchange, &m.routing_key, m.header, m.body) {
             Some(msg) => ready.push_back(Entry {
                 id: m.seq,
+                expires_at: expiry(&handle.info.args, &msg),
                 msg,
                 redelivered: m.redelivered || m.delivery_count > 0,
                 persisted: true,
@@ -118,8 +125,10 @@ pub fn spawn(
             ),
         }
     }
+    let ready_bytes = ready.iter().map(|e: &Entry| e.msg.body_size()).sum();
     let queue = Queue {
         me: handle.clone(),
+        ready_bytes,
         ready,
         unacked: HashMap::new(),
         consumers: Vec::new(),
@@ -151,10 +160,12 @@ impl Queue {
         loop {
             // Control first: acks free consumer credit, which is what lets the
             // backlog of publishes drain.
+            let next_expiry = self.ready.front().and_then(|e| e.expires_at);
             let n = tokio::select! {
                 biased;
                 n = ctl.recv_many(&mut control, 256) => n,
                 n = rx.recv_many(&mut batch, 16) => n,
+                _ = sleep_until(next_expiry), if next_expiry.is_some() => usize::MAX,
             };
             if n == 0 {
                 break;
@@ -170,6 +181,7 @@ impl Queue {
                 }
             }
             drop(cmds);
+            self.expire();
             self.dispatch();
             self.me.gauge.update(self.ready.len(), self.consumers.len());
             if self.should_auto_delete() {
@@ -234,6 +246,7 @@ impl Queue {
             }
             QueueCmd::Purge(reply) => {
                 let n = self.ready.len() as u32;
+                self.ready_bytes = 0;
                 let gone = self
                     .ready
                     .drain(..)
@@ -288,7 +301,28 @@ impl Queue {
         let mut confirms = Vec::new();
         let mut durable_confirms = Vec::new();
         let mut stored = Vec::new();
+        let mut refused = Vec::new();
+        let mut dropped = Vec::new();
         for (msg, confirm) in items {
+            if self.would_overflow(&msg) {
+                match self.me.info.args.overflow {
+                    Overflow::DropHead => {
+                        while self.would_overflow(&msg) {
+                            match self.pop_ready() {
+                                Some(head) => dropped.push(head),
+                                None => break,
+                            }
+                        }
+                    }
+                    Overflow::RejectPublish | Overflow::RejectPublishDlx => {
+                        refused.extend(confirm);
+                        if self.me.info.args.overflow == Overflow::RejectPublishDlx {
+                            self.dead_letter(vec![msg], Reason::Maxlen);
+                        }
+                        continue;
+                    }
+                }
+            }
             let id = self.next_id;
             self.next_id += 1;
             let persisted = self.store.is_some() && msg.is_persistent();
@@ -303,12 +337,14 @@ impl Queue {
                     redelivered: false,
                 });
             }
-            self.ready.push_back(Entry {
+            let expires_at = expiry(&self.me.info.args, &msg);
+            self.push_ready(Entry {
                 id,
                 msg,
                 redelivered: false,
                 persisted,
                 deliveries: 0,
+                expires_at,
             });
             match (confirm, persisted) {
                 (Some(tag), true) => durable_confirms.push(tag),
@@ -338,12 +374,72 @@ impl Queue {
                 store.handle.append(&store.key, stored, done);
             }
         }
-        if let (false, Some(conn)) = (confirms.is_empty(), conn) {
-            let _ = conn.tx.send(ConnEvent::Confirms {
-                tags: confirms,
-                ok: true,
-            });
+        if let Some(conn) = &conn {
+            if !confirms.is_empty() {
+                let _ = conn.tx.send(ConnEvent::Confirms {
+                    tags: confirms,
+                    ok: true,
+                });
+            }
+            if !refused.is_empty() {
+                // x-overflow reject-publish: the publisher gets basic.nack.
+                let _ = conn.tx.send(ConnEvent::Confirms {
+                    tags: refused,
+                    ok: false,
+                });
+            }
         }
+        self.discard(dropped, Reason::Maxlen);
+    }
+
+    /// Whether enqueueing `msg` would break `x-max-length` / `x-max-length-bytes`.
+    fn would_overflow(&self, msg: &Message) -> bool {
+        let args = &self.me.info.args;
+        args.max_length
+            .is_some_and(|max| self.ready.len() as u64 + 1 > max)
+            || args
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes + msg.body_size() > max)
+    }
+
+    fn push_ready(&mut self, entry: Entry) {
+        self.ready_bytes += entry.msg.body_size();
+        self.ready.push_back(entry);
+    }
+
+    fn pop_ready(&mut self) -> Option<Entry> {
+        let entry = self.ready.pop_front()?;
+        self.ready_bytes -= entry.msg.body_size();
+        Some(entry)
+    }
+
+    /// Removes ready messages for good (expired, dropped for length): forgets
+    /// persisted ones and dead-letters them if the queue has a DLX.
+    fn discard(&mut self, entries: Vec<Entry>, reason: Reason) {
+        if entries.is_empty() {
+            return;
+        }
+        let gone = entries
+            .iter()
+            .filter(|e| e.persisted)
+            .map(|e| e.id)
+            .collect();
+        self.forget(gone);
+        self.dead_letter(entries.into_iter().map(|e| e.msg).collect(), reason);
+    }
+
+    /// Drops expired messages from the head (they are never delivered).
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        while self
+            .ready
+            .front()
+            .is_some_and(|e| e.expires_at.is_some_and(|t| t <= now))
+        {
+            expired.extend(self.pop_ready());
+        }
+        self.discard(expired, Reason::Expired);
     }
 
     /// Republishes messages to the queue's dead-letter exchange, if it has one,
@@ -447,7 +543,8 @@ impl Queue {
     }
 
     fn get(&mut self, chan_key: ChanKey, no_ack: bool) -> Option<GetResult> {
-        let mut entry = self.ready.pop_front()?;
+        self.expire();
+        let mut entry = self.pop_ready()?;
         entry.deliveries += 1;
         let result = GetResult {
             msg: entry.msg.clone(),
@@ -520,6 +617,7 @@ impl Queue {
         for mut e in entries.into_iter().rev() {
             e.redelivered = true;
             let pos = self.ready.partition_point(|r| r.id < e.id);
+            self.ready_bytes += e.msg.body_size();
             self.ready.insert(pos, e);
         }
     }
@@ -568,7 +666,14 @@ impl Queue {
                 break 'messages;
             };
             self.next_consumer = (idx + 1) % n;
-            let mut entry = self.ready.pop_front().expect("checked non-empty");
+            let mut entry = self.pop_ready().expect("checked non-empty");
+            if entry.expires_at.is_some_and(|t| t <= Instant::now()) {
+                if counted_global {
+                    self.consumers[idx].spec.limiter.release(1);
+                }
+                self.discard(vec![entry], Reason::Expired);
+                continue;
+            }
             entry.deliveries += 1;
             if entry.persisted {
                 if self.consumers[idx].spec.no_ack {
@@ -626,6 +731,7 @@ impl Queue {
                         redelivered: true,
                         persisted: false,
                         deliveries: 1,
+                        expires_at: None,
                     })
                     .collect();
                 self.requeue(back);
@@ -659,5 +765,22 @@ impl Queue {
         }
         self.drop_log();
         debug!("auto-deleted");
+    }
+}
+
+/// When a message expires in a queue with these arguments (the lower of the
+/// queue's `x-message-ttl` and the message's `expiration` wins).
+fn expiry(args: &QueueArgs, msg: &Message) -> Option<Instant> {
+    let per_message = super::args::message_expiration(&msg.properties)
+        .ok()
+        .flatten();
+    args.effective_ttl(per_message)
+        .map(|ms| Instant::now() + std::time::Duration::from_millis(ms))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
