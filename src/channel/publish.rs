@@ -202,7 +202,12 @@ impl Channel {
             ctx.settle(&entry.queue, self.key, how, entry.msg_id);
         }
         self.limiter.release(released);
+        let targets = ctx.pending_queues();
         ctx.flush().await;
+        // commit-ok only once the committed persistent messages are on disk.
+        for q in targets.iter().filter(|q| q.info.durable) {
+            q.ask(crate::queue::QueueCmd::Sync).await;
+        }
         ctx.send_method(
             self.id,
             &AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
