@@ -55,6 +55,34 @@ pub struct Config {
     pub vhosts: VhostsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Durable storage.
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: how durable messages reach the disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// When publisher confirms for persistent messages are sent.
+    pub fsync: FsyncPolicy,
+}
+
+/// `storage.fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Confirm only after the message is fsynced (group commit). The default.
+    Always,
+    /// Confirm after the write reaches the OS; a machine crash can lose confirmed messages.
+    Never,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            fsync: FsyncPolicy::Always,
+        }
+    }
 }
 
 /// `[amqp]`: listener address and protocol negotiation limits.
@@ -135,6 +163,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             vhosts: VhostsConfig::default(),
             log: LogConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod message;
 pub mod protocol;
 pub mod queue;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use server::{RunningServer, Server};

@@ -39,6 +39,23 @@ impl Message {
         })
     }
 
+    /// Rebuilds a message read back from the store.
+    pub fn restore(
+        exchange: &str,
+        routing_key: &str,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> Option<Arc<Self>> {
+        let properties = crate::protocol::codec::decode_properties(&raw_properties)?;
+        Some(Arc::new(Message {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            properties,
+            raw_properties,
+            body,
+        }))
+    }
+
     /// A copy with changed properties; the body is shared, not copied.
     pub fn with_properties(&self, properties: AMQPProperties) -> Arc<Self> {
         Arc::new(Message {

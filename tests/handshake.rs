@@ -41,10 +41,16 @@ async fn server_properties_name_product_version_and_platform() {
     let broker = TestBroker::start().await;
     let mut c = RawConn::connect(&broker).await;
     let props = c.start().await.server_properties;
-    for key in ["product", "version", "platform", "copyright", "information"] {
+    for key in ["product", "version", "platform"] {
         match props.get(key) {
             Some(Value::LongStr(v)) => assert!(!v.is_empty(), "{key} is empty"),
             other => panic!("server property {key} should be a long string, got {other:?}"),
+        }
+    }
+    // RabbitMQ also sends these; if present they must be long strings too.
+    for key in ["copyright", "information", "cluster_name"] {
+        if let Some(v) = props.get(key) {
+            assert!(matches!(v, Value::LongStr(_)), "{key}: {v:?}");
         }
     }
     let product = props["product"].as_str().unwrap();
@@ -368,15 +374,70 @@ async fn server_sends_heartbeats_at_the_negotiated_interval() {
     c.open(&broker.target.vhost).await;
     c.expect_method(0, 10, 41).await;
     // With a 1 s interval the server must send a heartbeat well within TIMEOUT.
+    match c.read_frame().await.expect("connection stays open") {
+        common::raw::Frame::Heartbeat { channel } => assert_eq!(channel, 0),
+        other => panic!("unexpected frame {other:?}"),
+    }
+    broker.shutdown().await;
+}
+
+/// With heartbeat 1 s negotiated, a client that sends nothing is dropped after
+/// a couple of missed intervals (RabbitMQ closes the socket without a close
+/// method and logs "missed heartbeats from client").
+#[tokio::test]
+async fn server_drops_a_client_that_sends_no_heartbeats() {
+    let broker = TestBroker::start().await;
+    let mut c = RawConn::connect(&broker).await;
+    c.start().await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
+    let tune = c.read_tune().await;
+    c.tune_ok(Tune {
+        heartbeat: 1,
+        ..tune
+    })
+    .await;
+    c.open(&broker.target.vhost).await;
+    c.expect_method(0, 10, 41).await;
+    let started = std::time::Instant::now();
     loop {
+        match c.read_frame().await {
+            None => break,
+            Some(common::raw::Frame::Heartbeat { .. }) => continue,
+            Some(other) => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "not dropped before one interval"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_heartbeats_keep_an_idle_connection_open() {
+    let broker = TestBroker::start().await;
+    let mut c = RawConn::connect(&broker).await;
+    c.start().await;
+    c.start_ok(&broker.target.user, &broker.target.password)
+        .await;
+    let tune = c.read_tune().await;
+    c.tune_ok(Tune {
+        heartbeat: 1,
+        ..tune
+    })
+    .await;
+    c.open(&broker.target.vhost).await;
+    c.expect_method(0, 10, 41).await;
+    // Answer each server heartbeat with one of ours for a few intervals, then
+    // check the connection still works.
+    for _ in 0..4 {
         match c.read_frame().await.expect("connection stays open") {
-            common::raw::Frame::Heartbeat { channel } => {
-                assert_eq!(channel, 0);
-                break;
-            }
+            common::raw::Frame::Heartbeat { .. } => c.send(&common::raw::frame(8, 0, &[])).await,
             other => panic!("unexpected frame {other:?}"),
         }
     }
+    c.open_channel(1).await;
     broker.shutdown().await;
 }
 
@@ -388,6 +449,7 @@ async fn lapin_connection_closes_cleanly() {
     conn.close(200, "bye".into())
         .await
         .expect("connection.close");
-    assert!(conn.status().closed());
+    // lapin resolves close() before its I/O loop records the closed state.
+    assert!(common::wait_for(|| conn.status().closed(), std::time::Duration::from_secs(5)).await);
     broker.shutdown().await;
 }

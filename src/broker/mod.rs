@@ -1,6 +1,7 @@
 //! The broker: the registry of vhosts, id allocation, and the direct reply-to
 //! registry. Shared by every connection as `Arc<Broker>`.
 
+pub mod definitions;
 pub mod vhost;
 
 use crate::config::Config;
@@ -20,6 +21,17 @@ impl Ids {
     pub fn next(&self) -> u64 {
         self.0.fetch_add(1, Ordering::Relaxed) + 1
     }
+}
+
+/// What durable vhosts need: the message store and where definitions go.
+#[derive(Debug)]
+pub struct Storage {
+    /// The message store.
+    pub store: crate::store::StoreHandle,
+    /// The data directory.
+    pub data_dir: std::path::PathBuf,
+    /// Serialises definitions writes.
+    pub definitions_lock: Mutex<()>,
 }
 
 /// The pseudo-queue name for direct reply-to.
@@ -49,13 +61,13 @@ pub struct Broker {
 
 impl Broker {
     /// A broker with the configured vhosts.
-    pub fn new(config: Arc<Config>) -> Arc<Broker> {
+    pub fn new(config: Arc<Config>, storage: Option<Arc<Storage>>) -> Arc<Broker> {
         let ids = Arc::new(Ids::default());
         let vhosts = config
             .vhosts
             .names
             .iter()
-            .map(|n| (n.clone(), VHost::new(n, ids.clone())))
+            .map(|n| (n.clone(), VHost::new(n, ids.clone(), storage.clone())))
             .collect();
         Arc::new(Broker {
             config,

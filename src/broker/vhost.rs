@@ -5,10 +5,13 @@
 //! declares, binds and deletes take write locks. No lock is held across an
 //! `.await` (the queue-actor round trips happen outside the critical sections).
 
-use super::Ids;
+use super::definitions::{self, BindingDef, ExchangeDef, QueueDef, VhostDefinitions};
+use super::{Ids, Storage};
 use crate::exchange::{Bindings, ExchangeKind};
 use crate::protocol::{AmqpError, AmqpResult};
+use crate::queue::actor::QueueStore;
 use crate::queue::{actor, QueueCmd, QueueHandle, QueueInfo};
+use crate::store::StoredMessage;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -82,6 +85,7 @@ pub struct VHost {
     exchanges: RwLock<HashMap<Arc<str>, Arc<Exchange>>>,
     queues: RwLock<HashMap<Arc<str>, QueueHandle>>,
     ids: Arc<Ids>,
+    storage: Option<Arc<Storage>>,
     me: Weak<VHost>,
 }
 
@@ -89,12 +93,13 @@ const DEFAULT_EXCHANGE_DENIED: &str = "operation not permitted on the default ex
 
 impl VHost {
     /// Creates a vhost with the default and `amq.*` exchanges.
-    pub fn new(name: &str, ids: Arc<Ids>) -> Arc<VHost> {
+    pub fn new(name: &str, ids: Arc<Ids>, storage: Option<Arc<Storage>>) -> Arc<VHost> {
         let vhost = Arc::new_cyclic(|me| VHost {
             name: name.into(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             ids,
+            storage,
             me: me.clone(),
         });
         {
@@ -182,7 +187,12 @@ impl VHost {
             d.internal,
             d.arguments.clone(),
         );
+        let durable = ex.durable;
         exchanges.insert(ex.name.clone(), Arc::new(ex));
+        drop(exchanges);
+        if durable {
+            self.persist();
+        }
         Ok(())
     }
 
@@ -229,12 +239,13 @@ impl VHost {
         }
         if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format_args!(
-                "deletion of system exchange '{}' in vhost '{}' refused",
+                "deletion of system exchange '{}' in vhost '{}' not allowed",
                 name, self.name
             )));
         }
         let Some(ex) = self.exchange(name) else {
-            return Err(AmqpError::no_exchange(name, &self.name));
+            // RabbitMQ 3.10: deleting a missing exchange succeeds.
+            return Ok(());
         };
         if if_unused && !ex.bindings.read().is_empty() {
             return Err(AmqpError::precondition(format_args!(
@@ -248,10 +259,13 @@ impl VHost {
 
     /// Removes an exchange and every binding that leads to it.
     fn remove_exchange(&self, name: &str) {
-        if self.exchanges.write().remove(name).is_none() {
+        let Some(ex) = self.exchanges.write().remove(name) else {
             return;
-        }
+        };
         self.remove_destination(&Destination::Exchange(name.into()));
+        if ex.durable {
+            self.persist();
+        }
     }
 
     /// Removes every binding to `dest`, then auto-deletes sources left without bindings.
@@ -301,8 +315,29 @@ impl VHost {
             auto_delete: d.auto_delete,
             arguments: d.arguments.clone(),
         };
+        let handle = self.spawn_queue(info, Vec::new());
+        queues.insert(handle.info.name.clone(), handle.clone());
+        drop(queues);
+        if is_stored(&handle) {
+            self.persist();
+        }
+        Ok(handle)
+    }
+
+    /// Starts a queue actor; durable, non-exclusive queues get their store log.
+    fn spawn_queue(&self, info: QueueInfo, recovered: Vec<StoredMessage>) -> QueueHandle {
+        let store = match (
+            &self.storage,
+            info.durable && info.exclusive_owner.is_none(),
+        ) {
+            (Some(storage), true) => Some(QueueStore {
+                handle: storage.store.clone(),
+                key: queue_key(&self.name, &info.name),
+            }),
+            _ => None,
+        };
         let me = self.me.clone();
-        let handle = actor::spawn(
+        actor::spawn(
             self.ids.next(),
             info,
             Box::new(move |q: &QueueHandle| {
@@ -310,9 +345,9 @@ impl VHost {
                     vhost.unregister_queue(q);
                 }
             }),
-        );
-        queues.insert(handle.info.name.clone(), handle.clone());
-        Ok(handle)
+            store,
+            recovered,
+        )
     }
 
     fn check_queue_equivalent(&self, q: &QueueHandle, d: &QueueDecl) -> AmqpResult<()> {
@@ -398,6 +433,9 @@ impl VHost {
             }
         }
         self.remove_destination(&Destination::Queue(q.info.name.clone()));
+        if is_stored(q) {
+            self.persist();
+        }
     }
 
     /// Deletes every queue exclusively owned by `conn_id` (its connection closed).
@@ -432,7 +470,10 @@ impl VHost {
         let ex = self.bindable_source(source)?;
         self.check_destination(&dest)?;
         Bindings::<Destination>::validate_args(ex.kind, args).map_err(AmqpError::precondition)?;
-        ex.bindings.write().bind(dest, routing_key, args);
+        let added = ex.bindings.write().bind(dest, routing_key, args);
+        if added && ex.durable {
+            self.persist();
+        }
         Ok(())
     }
 
@@ -446,12 +487,15 @@ impl VHost {
     ) -> AmqpResult<()> {
         let ex = self.bindable_source(source)?;
         self.check_destination(&dest)?;
-        let emptied = {
+        let (removed, emptied) = {
             let mut b = ex.bindings.write();
-            b.unbind(&dest, routing_key, args) && ex.auto_delete && b.is_empty()
+            let removed = b.unbind(&dest, routing_key, args);
+            (removed, removed && ex.auto_delete && b.is_empty())
         };
         if emptied {
             self.remove_exchange(source);
+        } else if removed && ex.durable {
+            self.persist();
         }
         Ok(())
     }
@@ -477,6 +521,129 @@ impl VHost {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The durable part of this vhost, as written to its definitions file.
+    pub fn definitions(&self) -> VhostDefinitions {
+        let exchanges: Vec<Arc<Exchange>> = self.exchanges();
+        let queues = self.queues();
+        let durable_queue =
+            |name: &str| queues.iter().any(|q| &*q.info.name == name && is_stored(q));
+        let durable_exchange = |name: &str| {
+            exchanges
+                .iter()
+                .any(|e| &*e.name == name && e.durable && !e.name.is_empty())
+        };
+        let mut defs = VhostDefinitions {
+            version: definitions::DEFINITIONS_VERSION,
+            vhost: self.name.to_string(),
+            ..Default::default()
+        };
+        for ex in &exchanges {
+            if ex.durable && !ex.name.is_empty() && !ex.name.starts_with("amq.") {
+                defs.exchanges.push(ExchangeDef {
+                    name: ex.name.to_string(),
+                    kind: ex.kind.as_str().into(),
+                    auto_delete: ex.auto_delete,
+                    internal: ex.internal,
+                    arguments: ex.arguments.clone(),
+                });
+            }
+            if !ex.durable {
+                continue;
+            }
+            for (dest, key, args) in ex.bindings.read().iter() {
+                let (name, kind, durable) = match dest {
+                    Destination::Queue(q) => (q, "queue", durable_queue(q)),
+                    Destination::Exchange(e) => (e, "exchange", durable_exchange(e)),
+                };
+                if durable {
+                    defs.bindings.push(BindingDef {
+                        source: ex.name.to_string(),
+                        destination: name.to_string(),
+                        destination_type: kind.into(),
+                        routing_key: key.into(),
+                        arguments: args.clone(),
+                    });
+                }
+            }
+        }
+        for q in queues.iter().filter(|q| is_stored(q)) {
+            defs.queues.push(QueueDef {
+                name: q.info.name.to_string(),
+                auto_delete: q.info.auto_delete,
+                arguments: q.info.arguments.clone(),
+            });
+        }
+        defs.exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        defs.queues.sort_by(|a, b| a.name.cmp(&b.name));
+        defs
+    }
+
+    /// Rewrites the definitions file after a change to a durable entity.
+    fn persist(&self) {
+        let Some(storage) = &self.storage else {
+            return;
+        };
+        // One writer at a time, and the snapshot is taken under the same lock so
+        // an older snapshot can never overwrite a newer file.
+        let _guard = storage.definitions_lock.lock();
+        let defs = self.definitions();
+        let path = definitions::path(&storage.data_dir, &self.name);
+        if let Err(e) = definitions::save(&path, &defs) {
+            tracing::error!(vhost = %self.name, error = %e, "cannot write definitions");
+        }
+    }
+
+    /// Recreates the durable entities of a previous run, handing each durable
+    /// queue the messages recovered from its log (taken out of `recovered`).
+    pub fn restore(
+        &self,
+        defs: &VhostDefinitions,
+        recovered: &mut HashMap<String, Vec<StoredMessage>>,
+    ) -> (usize, usize) {
+        let mut messages = 0;
+        for ex in &defs.exchanges {
+            let Some(kind) = ExchangeKind::parse(&ex.kind) else {
+                tracing::warn!(exchange = %ex.name, kind = %ex.kind, "skipping exchange of unknown type");
+                continue;
+            };
+            let e = new_exchange(
+                &ex.name,
+                kind,
+                true,
+                ex.auto_delete,
+                ex.internal,
+                ex.arguments.clone(),
+            );
+            self.exchanges.write().insert(e.name.clone(), Arc::new(e));
+        }
+        for q in &defs.queues {
+            let msgs = recovered
+                .remove(&queue_key(&self.name, &q.name))
+                .unwrap_or_default();
+            messages += msgs.len();
+            let info = QueueInfo {
+                name: q.name.as_str().into(),
+                vhost: self.name.clone(),
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments.clone(),
+            };
+            let handle = self.spawn_queue(info, msgs);
+            self.queues.write().insert(handle.info.name.clone(), handle);
+        }
+        for b in &defs.bindings {
+            let dest = match b.destination_type.as_str() {
+                "exchange" => Destination::Exchange(b.destination.as_str().into()),
+                _ => Destination::Queue(b.destination.as_str().into()),
+            };
+            if let Some(ex) = self.exchange(&b.source) {
+                ex.bindings.write().bind(dest, &b.routing_key, &b.arguments);
+            }
+        }
+        (defs.queues.len(), messages)
     }
 
     /// Routes a message through `ex` (following exchange-to-exchange bindings and
@@ -548,6 +715,16 @@ impl VHost {
             self.route(&alt_ex, routing_key, headers, out);
         }
     }
+}
+
+/// Whether a queue keeps a log in the store (durable and not exclusive).
+fn is_stored(q: &QueueHandle) -> bool {
+    q.info.durable && q.info.exclusive_owner.is_none()
+}
+
+/// The store key of a queue: unambiguous for any vhost and queue name.
+pub fn queue_key(vhost: &str, queue: &str) -> String {
+    format!("{}:{}{}", vhost.len(), vhost, queue)
 }
 
 fn alternate_exchange(args: &FieldTable) -> Option<String> {

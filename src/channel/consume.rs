@@ -18,7 +18,13 @@ impl Channel {
             );
             self.limiter.wake();
         } else {
+            // As RabbitMQ (rabbit_limiter:unlimit_prefetch): a per-consumer qos
+            // also lifts an earlier channel-wide limit.
             self.consumer_prefetch = q.prefetch_count as u32;
+            self.limiter
+                .global_prefetch
+                .store(0, std::sync::atomic::Ordering::Release);
+            self.limiter.wake();
         }
         ctx.send_method(
             self.id,
@@ -198,11 +204,11 @@ impl Channel {
             if tag == 0 {
                 return Ok(self.unacked.drain(..).collect());
             }
-            let end = self.unacked.partition_point(|e| e.tag <= tag);
-            if end == 0 {
-                return Err(AmqpError::unknown_delivery_tag(tag));
-            }
-            return Ok(self.unacked.drain(..end).collect());
+            // As RabbitMQ: the named tag itself must be outstanding.
+            return match self.unacked.binary_search_by_key(&tag, |e| e.tag) {
+                Ok(i) => Ok(self.unacked.drain(..=i).collect()),
+                Err(_) => Err(AmqpError::unknown_delivery_tag(tag)),
+            };
         }
         match self.unacked.binary_search_by_key(&tag, |e| e.tag) {
             Ok(i) => Ok(vec![self.unacked.remove(i).expect("index from search")]),
@@ -253,10 +259,13 @@ impl Channel {
     pub fn basic_recover(
         &mut self,
         ctx: &mut ConnCtx,
-        _requeue: bool,
+        requeue: bool,
         reply: bool,
     ) -> AmqpResult<()> {
-        // RabbitMQ requeues in both cases (requeue=false is not supported as redelivery to the same consumer).
+        if !requeue {
+            // RabbitMQ does not support redelivering to the original recipient.
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
         let entries: Vec<UnackedEntry> = self.unacked.drain(..).collect();
         let mut released = 0;
         for e in entries {

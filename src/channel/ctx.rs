@@ -40,6 +40,8 @@ pub struct ConnCtx {
     pub route_buf: Vec<QueueHandle>,
     publishes: Vec<(QueueHandle, PublishBatch)>,
     settles: Vec<(QueueHandle, ChanKey, Settle, Vec<u64>)>,
+    /// A queue this connection published to that asked publishers to pause.
+    pub congested: Option<QueueHandle>,
 }
 
 impl ConnCtx {
@@ -65,6 +67,7 @@ impl ConnCtx {
             route_buf: Vec::new(),
             publishes: Vec::new(),
             settles: Vec::new(),
+            congested: None,
         }
     }
 
@@ -107,6 +110,11 @@ impl ConnCtx {
         }
     }
 
+    /// Queues with publishes waiting in this read's batches.
+    pub fn pending_queues(&self) -> Vec<QueueHandle> {
+        self.publishes.iter().map(|(q, _)| q.clone()).collect()
+    }
+
     /// Sends every pending batch to its queue (waits for inbox space: backpressure).
     pub async fn flush(&mut self) {
         for (queue, items) in self.publishes.drain(..) {
@@ -117,6 +125,9 @@ impl ConnCtx {
                     conn: Some(self.conn.clone()),
                 })
                 .await;
+            if queue.gauge.congested() {
+                self.congested = Some(queue.clone());
+            }
             if !delivered && !tags.is_empty() {
                 // The queue was deleted after routing: RabbitMQ confirms such messages.
                 let _ = self.conn.tx.send(ConnEvent::Confirms { tags, ok: true });

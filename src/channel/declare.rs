@@ -81,6 +81,20 @@ impl Channel {
     /// `queue.declare`.
     pub async fn queue_declare(&mut self, ctx: &mut ConnCtx, d: queue::Declare) -> AmqpResult<()> {
         let name = d.queue.as_str();
+        if d.passive && name == crate::broker::REPLY_TO_QUEUE {
+            // RabbitMQ answers for the pseudo-queue with 0 messages and 1 consumer.
+            if !d.nowait {
+                ctx.send_method(
+                    self.id,
+                    &AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: d.queue,
+                        message_count: 0,
+                        consumer_count: 1,
+                    })),
+                );
+            }
+            return Ok(());
+        }
         let queue = if d.passive {
             if name.is_empty() {
                 let last = self.queue_name(name)?;

@@ -17,7 +17,7 @@ use crate::protocol::assembler::{Assembler, Command};
 use crate::protocol::{AmqpError, AmqpResult};
 use crate::queue::{ChanKey, ChannelLimiter, Delivery, QueueCmd, QueueHandle};
 use amq_protocol::protocol::{
-    basic, channel, confirm as confirm_class, exchange, queue, tx, AMQPClass,
+    access, basic, channel, confirm as confirm_class, exchange, queue, tx, AMQPClass,
 };
 pub use ctx::ConnCtx;
 use std::collections::{HashMap, VecDeque};
@@ -122,10 +122,7 @@ impl Channel {
 
     async fn method(&mut self, ctx: &mut ConnCtx, m: AMQPClass) -> AmqpResult<()> {
         match m {
-            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => {
-                self.channel_flow(ctx, f.active);
-                Ok(())
-            }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => self.channel_flow(ctx, f.active),
             AMQPClass::Channel(channel::AMQPMethod::FlowOk(_)) => Ok(()),
             AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
                 Err(AmqpError::channel_error("second 'channel.open' seen"))
@@ -164,7 +161,12 @@ impl Channel {
             AMQPClass::Tx(tx::AMQPMethod::Select(_)) => self.tx_select(ctx),
             AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => self.tx_commit(ctx).await,
             AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => self.tx_rollback(ctx),
-            AMQPClass::Access(_) => Ok(()),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                // Deprecated in 0-9-1; RabbitMQ still answers with ticket 1.
+                // amq-protocol's RequestOk has no ticket field, so encode it by hand.
+                crate::protocol::codec::encode_raw_method(ctx.out.buf(), self.id, 30, 11, &[0, 1]);
+                Ok(())
+            }
             other => Err(AmqpError::command_invalid(format_args!(
                 "unexpected method {}.{} on channel {}",
                 other.get_amqp_class_id(),
@@ -174,17 +176,17 @@ impl Channel {
         }
     }
 
-    fn channel_flow(&mut self, ctx: &mut ConnCtx, active: bool) {
-        self.limiter
-            .flow
-            .store(active, std::sync::atomic::Ordering::Release);
-        if active {
-            self.limiter.wake();
+    /// `channel.flow`: like RabbitMQ (since 3.3), only `active=true` is accepted;
+    /// clients' own test suites (amqp091-go) rely on the 540 for `active=false`.
+    fn channel_flow(&mut self, ctx: &mut ConnCtx, active: bool) -> AmqpResult<()> {
+        if !active {
+            return Err(AmqpError::not_implemented("active=false"));
         }
         ctx.send_method(
             self.id,
             &AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active })),
         );
+        Ok(())
     }
 
     /// Writes a delivery from a queue (or drops it if its consumer is gone).

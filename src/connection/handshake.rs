@@ -160,11 +160,12 @@ async fn exchange(
     };
     let vhost_name = open.virtual_host.as_str();
     let Some(vhost) = broker.vhost(vhost_name) else {
-        let e = AmqpError::not_allowed(format_args!("vhost {vhost_name} not found"));
+        let e =
+            AmqpError::not_allowed(format_args!("vhost {vhost_name} not found")).on_method(10, 40);
         return io.fail(e).await;
     };
     if let Err(e) = users.check_vhost_access(&user, vhost_name) {
-        return io.fail(e).await;
+        return io.fail(e.on_method(10, 40)).await;
     }
     io.send(&AMQPClass::Connection(connection::AMQPMethod::OpenOk(
         connection::OpenOk {},

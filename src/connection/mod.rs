@@ -32,6 +32,8 @@ use writer::WriterHandle;
 
 /// How long to wait for `connection.close-ok` after sending `connection.close`.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a publisher pauses for one congested queue before reading again.
+const FLOW_PAUSE_MAX: Duration = Duration::from_millis(50);
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -147,6 +149,7 @@ impl Connection {
                 self.buf.reserve(READ_CHUNK);
             }
             let close_deadline = self.closing;
+            let congested = self.ctx.congested.take();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if self.closing.is_none() => {
@@ -155,7 +158,8 @@ impl Connection {
                 _ = sleep_until(close_deadline), if close_deadline.is_some() => {
                     return "close-ok timeout";
                 }
-                read = self.read_half.read_buf(&mut self.buf) => match read {
+                _ = wait_drained(congested.as_ref()), if congested.is_some() => {}
+                read = self.read_half.read_buf(&mut self.buf), if congested.is_none() => match read {
                     Ok(0) => return "client closed the socket",
                     Ok(_) => self.last_read = Instant::now(),
                     Err(e) => {
@@ -226,7 +230,7 @@ impl Connection {
             return self.channel_zero(frame).await;
         }
         if let Frame::Heartbeat(_) = frame {
-            let e = AmqpError::frame_error(format_args!("heartbeat frame on channel {ch}"));
+            let e = AmqpError::unexpected_frame("type 8, all octets = <<>>");
             self.close_connection(e).await;
             return Flow::Continue;
         }
@@ -336,12 +340,9 @@ impl Connection {
                 AMQPClass::Connection(connection::AMQPMethod::Blocked(_))
                 | AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => Flow::Continue,
                 other => {
-                    let e = AmqpError::command_invalid(format_args!(
-                        "unexpected method on channel 0: {}.{}",
-                        other.get_amqp_class_id(),
-                        other.get_amqp_method_id()
-                    ))
-                    .on_method(other.get_amqp_class_id(), other.get_amqp_method_id());
+                    let e =
+                        AmqpError::channel_error("unexpected method in connection state running")
+                            .on_method(other.get_amqp_class_id(), other.get_amqp_method_id());
                     self.close_connection(e).await;
                     Flow::Continue
                 }
@@ -482,6 +483,13 @@ impl Connection {
 
 fn channel_close_ok() -> AMQPClass {
     AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))
+}
+
+/// Publisher flow control: pauses reading while a target queue is congested.
+async fn wait_drained(queue: Option<&crate::queue::QueueHandle>) {
+    if let Some(q) = queue {
+        q.gauge.wait_drained(FLOW_PAUSE_MAX).await;
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -54,6 +54,9 @@ enum Expect {
 
 impl Expect {
     fn from_arg(v: &AMQPValue) -> Expect {
+        if let Some(i) = int_value(v) {
+            return Expect::Int(i);
+        }
         match v {
             AMQPValue::Void => Expect::Present,
             AMQPValue::Boolean(b) => Expect::Bool(*b),
@@ -63,9 +66,10 @@ impl Expect {
             AMQPValue::ShortString(s) => Expect::Bytes(s.as_str().as_bytes().into()),
             AMQPValue::LongString(s) => Expect::Bytes(s.as_bytes().into()),
             AMQPValue::ByteArray(b) => Expect::Bytes(b.as_slice().into()),
+            // A timestamp binding argument is not scaled (only headers are).
             AMQPValue::Timestamp(t) => Expect::Int(i128::from(*t)),
-            AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_) => Expect::Nested(v.clone()),
-            other => Expect::Int(header_int(other).expect("all other AMQP values are integers")),
+            // Tables and arrays (integers returned above).
+            _ => Expect::Nested(v.clone()),
         }
     }
 
@@ -94,8 +98,8 @@ impl Expect {
     }
 }
 
-/// The integer value of a message header, timestamps in milliseconds.
-fn header_int(v: &AMQPValue) -> Option<i128> {
+/// The value of an integer field of any width.
+fn int_value(v: &AMQPValue) -> Option<i128> {
     Some(match v {
         AMQPValue::ShortShortInt(i) => i128::from(*i),
         AMQPValue::ShortShortUInt(i) => i128::from(*i),
@@ -104,10 +108,17 @@ fn header_int(v: &AMQPValue) -> Option<i128> {
         AMQPValue::LongInt(i) => i128::from(*i),
         AMQPValue::LongUInt(i) => i128::from(*i),
         AMQPValue::LongLongInt(i) => i128::from(*i),
-        // mc_amqpl:routing_value/2 scales 0-9-1 timestamps to milliseconds.
-        AMQPValue::Timestamp(t) => i128::from(*t) * 1000,
         _ => return None,
     })
+}
+
+/// The integer value of a message header, timestamps in milliseconds.
+fn header_int(v: &AMQPValue) -> Option<i128> {
+    match v {
+        // mc_amqpl:routing_value/2 scales 0-9-1 timestamps to milliseconds.
+        AMQPValue::Timestamp(t) => Some(i128::from(*t) * 1000),
+        _ => int_value(v),
+    }
 }
 
 /// One headers binding, compiled.
@@ -348,19 +359,61 @@ fn erl_binary(bytes: &[u8], out: &mut String) {
     out.push_str(">>");
 }
 
-/// An Erlang float as `~p` prints it (shortest round-trip digits, always with
-/// a fraction: `1.0`, `0.1`, `1.0e20`), best effort.
+/// An Erlang float as `~p` prints it (OTP's `io_lib_format:fwrite_g/1`):
+/// shortest round-trip digits, in fixed notation unless scientific is shorter
+/// or the magnitude reaches 2^53 (`1.0`, `0.001`, `100.0`, `1.0e3`, `1.5e-7`).
 fn erl_float(f: f64, out: &mut String) {
-    if f.is_finite() && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-        _ = write!(out, "{f:.1}");
+    if f == 0.0 {
+        out.push_str(if f.is_sign_negative() { "-0.0" } else { "0.0" });
         return;
     }
-    let s = format!("{f:?}");
-    match s.split_once('e') {
-        Some((mantissa, exp)) if !mantissa.contains('.') => {
-            _ = write!(out, "{mantissa}.0e{exp}");
+    if !f.is_finite() {
+        // Not representable in Erlang; RabbitMQ would not have decoded it.
+        _ = write!(out, "{f}");
+        return;
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: "-1.25e-3".
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` has an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let len = i32::try_from(digits.len()).expect("an f64 has few digits");
+    // value = digits × 10^place
+    let place = exp - len + 1;
+    let exp_str = exp.to_string();
+    let exp_cost = i32::try_from(exp_str.len()).expect("short") + 2;
+    if f < 0.0 {
+        out.push('-');
+    }
+    let scientific = |out: &mut String| {
+        let (first, rest) = digits.split_at(1);
+        let rest = if rest.is_empty() { "0" } else { rest };
+        _ = write!(out, "{first}.{rest}e{exp_str}");
+    };
+    if place < 0 {
+        if exp >= 0 {
+            let (int, frac) = digits.split_at(usize::try_from(len + place).expect("exp >= 0"));
+            _ = write!(out, "{int}.{frac}");
+        } else if 2 - place - len <= exp_cost {
+            out.push_str("0.");
+            for _ in 0..(-place - len) {
+                out.push('0');
+            }
+            out.push_str(&digits);
+        } else {
+            scientific(out);
         }
-        _ => out.push_str(&s),
+    } else {
+        let dot = i32::from(len == 1);
+        if exp_cost + dot >= place + 2 && f.abs() < 9_007_199_254_740_992.0 {
+            out.push_str(&digits);
+            for _ in 0..place {
+                out.push('0');
+            }
+            out.push_str(".0");
+        } else {
+            scientific(out);
+        }
     }
 }
 
@@ -859,11 +912,29 @@ mod tests {
             erl_float(x, &mut s);
             s
         };
-        assert_eq!(f(0.0), "0.0");
-        assert_eq!(f(1.0), "1.0");
-        assert_eq!(f(-3.0), "-3.0");
-        assert_eq!(f(0.1), "0.1");
-        assert_eq!(f(1.5), "1.5");
-        assert_eq!(f(1e20), "1.0e20");
+        let cases = [
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1.0, "1.0"),
+            (-3.0, "-3.0"),
+            (0.1, "0.1"),
+            (1.5, "1.5"),
+            (-1.25, "-1.25"),
+            (12.0, "12.0"),
+            (100.0, "100.0"),
+            (120.0, "120.0"),
+            (1000.0, "1.0e3"),
+            (1200.0, "1.2e3"),
+            (123456.0, "123456.0"),
+            (0.001, "0.001"),
+            (0.0001, "1.0e-4"),
+            (0.00015, "1.5e-4"),
+            (2.71, "2.71"),
+            (1e20, "1.0e20"),
+            (9007199254740992.0, "9.007199254740992e15"),
+        ];
+        for (x, expected) in cases {
+            assert_eq!(f(x), expected, "{x}");
+        }
     }
 }

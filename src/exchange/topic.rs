@@ -340,7 +340,9 @@ mod tests {
 
     #[test]
     fn words_of_keys() {
-        let w = |k: &str| words(k).collect::<Vec<_>>();
+        fn w(k: &str) -> Vec<&str> {
+            words(k).collect()
+        }
         assert_eq!(w(""), Vec::<&str>::new());
         assert_eq!(w("a"), vec!["a"]);
         assert_eq!(w("."), vec!["", ""]);
@@ -790,7 +792,7 @@ mod tests {
             t.route_with(&mut scratch, "a.b.c", &mut out);
             assert_eq!(out, vec!["q".to_string()]);
         }
-        assert!(scratch.stamp < 10);
+        assert!(scratch.stamp < 100, "the stamp wrapped around");
     }
 
     #[test]

@@ -61,12 +61,9 @@ impl Assembler {
                 }
                 other => Ok(Some(Command::Method(Box::new(other)))),
             },
-            (Assembler::Idle, Frame::Header(ch, _)) => Err(AmqpError::unexpected_frame(
-                format_args!("expected method frame, got non method frame instead on channel {ch}"),
-            )),
-            (Assembler::Idle, Frame::Body(ch, _)) => Err(AmqpError::unexpected_frame(
-                format_args!("expected method frame, got non method frame instead on channel {ch}"),
-            )),
+            (Assembler::Idle, Frame::Header(..) | Frame::Body(..)) => Err(
+                AmqpError::unexpected_frame("expected method frame, got non method frame instead"),
+            ),
             (Assembler::AwaitHeader(publish), Frame::Header(ch, header)) => {
                 if header.class_id != 60 {
                     return Err(AmqpError::frame_error(format_args!(
@@ -94,10 +91,9 @@ impl Assembler {
                 };
                 Ok(None)
             }
-            (Assembler::AwaitHeader(_), other) => Err(AmqpError::unexpected_frame(format_args!(
-                "expected content header for class 60, got non content header frame instead on channel {}",
-                other.channel()
-            ))
+            (Assembler::AwaitHeader(_), _) => Err(AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
             .on_method(60, 40)),
             (
                 Assembler::AwaitBody {
@@ -149,10 +145,9 @@ impl Assembler {
                     Ok(None)
                 }
             }
-            (Assembler::AwaitBody { .. }, other) => Err(AmqpError::unexpected_frame(format_args!(
-                "expected content body, got non content body frame instead on channel {}",
-                other.channel()
-            ))
+            (Assembler::AwaitBody { .. }, _) => Err(AmqpError::unexpected_frame(
+                "expected content body, got non content body frame instead",
+            )
             .on_method(60, 40)),
             (state, Frame::Heartbeat(_)) => {
                 *self = state;

@@ -76,17 +76,10 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     let frame_type = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if !matches!(
-        frame_type,
-        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
-    ) {
-        return Err(AmqpError::frame_error(format_args!(
-            "unknown frame type {frame_type}"
-        )));
-    }
+    // Checks in RabbitMQ's order (rabbit_reader): size, then the end octet, then the type.
     if frame_max != 0 && size + FRAME_OVERHEAD > frame_max as usize {
         return Err(AmqpError::frame_error(format_args!(
-            "frame size {size} exceeds max {}",
+            "type {frame_type}, all octets = <<>>: {{frame_too_large,{size},{}}}",
             frame_max as usize - FRAME_OVERHEAD
         )));
     }
@@ -96,8 +89,18 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     }
     if buf[7 + size] != FRAME_END {
         return Err(AmqpError::frame_error(format_args!(
-            "invalid frame end octet {:#04x} on channel {channel}",
+            "type {frame_type}, all octets = {}: {{invalid_frame_end_marker,{}}}",
+            ErlangBinary(&buf[7..7 + size]),
             buf[7 + size]
+        )));
+    }
+    if !matches!(
+        frame_type,
+        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+    ) {
+        return Err(AmqpError::frame_error(format_args!(
+            "type {frame_type}, all octets = {}: unknown_frame",
+            ErlangBinary(&buf[7..7 + size])
         )));
     }
     buf.advance(7);
@@ -120,25 +123,80 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
 /// Decodes a method payload.
 fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
     if payload.len() < 4 {
-        return Err(AmqpError::frame_error("method frame too short"));
+        return Err(AmqpError::frame_error(format_args!(
+            "cannot decode {}",
+            ErlangBinary(payload)
+        )));
+    }
+    let class_id = u16::from_be_bytes([payload[0], payload[1]]);
+    let method_id = u16::from_be_bytes([payload[2], payload[3]]);
+    if !is_known_method(class_id, method_id) {
+        return Err(AmqpError::command_invalid(format_args!(
+            "unknown method: class {class_id}, method {method_id}"
+        ))
+        .on_method(class_id, method_id));
     }
     match nom::combinator::all_consuming(amq_protocol::protocol::parse_class).parse(payload) {
-        Ok((_, class)) => Ok(class),
-        Err(_) => {
-            let class_id = u16::from_be_bytes([payload[0], payload[1]]);
-            let method_id = u16::from_be_bytes([payload[2], payload[3]]);
-            if !is_known_method(class_id, method_id) {
-                Err(AmqpError::command_invalid(format_args!(
-                    "unknown method: class {class_id}, method {method_id}"
-                ))
-                .on_method(class_id, method_id))
-            } else {
-                Err(AmqpError::syntax_error(format_args!(
-                    "malformed arguments for method: class {class_id}, method {method_id}"
-                ))
-                .on_method(class_id, method_id))
+        Ok((_, class)) => {
+            check_unsupported_fields(class_id, method_id, &payload[4..])?;
+            Ok(class)
+        }
+        Err(_) => Err(AmqpError::frame_error(format_args!(
+            "cannot decode {}",
+            ErlangBinary(&payload[4..])
+        ))
+        .on_method(class_id, method_id)),
+    }
+}
+
+/// Fields amq-protocol parses but drops, which RabbitMQ refuses when set.
+fn check_unsupported_fields(class_id: u16, method_id: u16, args: &[u8]) -> Result<(), AmqpError> {
+    if (class_id, method_id) == (60, 10) && args.len() >= 4 {
+        let prefetch_size = u32::from_be_bytes([args[0], args[1], args[2], args[3]]);
+        if prefetch_size != 0 {
+            return Err(AmqpError::not_implemented(format_args!(
+                "prefetch_size!=0 ({prefetch_size})"
+            ))
+            .on_method(60, 10));
+        }
+    }
+    Ok(())
+}
+
+/// Formats bytes the way Erlang's `~p` prints a binary in RabbitMQ's reply texts:
+/// `<<"text">>` when every byte is printable, `<<0,50,10>>` otherwise.
+pub struct ErlangBinary<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for ErlangBinary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let printable = !self.0.is_empty()
+            && self
+                .0
+                .iter()
+                .all(|b| (0x20..0x7f).contains(b) || matches!(b, b'\n' | b'\t' | b'\r'));
+        f.write_str("<<")?;
+        if printable {
+            f.write_str("\"")?;
+            for &b in self.0 {
+                match b {
+                    b'"' => f.write_str("\\\"")?,
+                    b'\\' => f.write_str("\\\\")?,
+                    b'\n' => f.write_str("\\n")?,
+                    b'\t' => f.write_str("\\t")?,
+                    b'\r' => f.write_str("\\r")?,
+                    _ => write!(f, "{}", b as char)?,
+                }
+            }
+            f.write_str("\"")?;
+        } else {
+            for (i, b) in self.0.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(",")?;
+                }
+                write!(f, "{b}")?;
             }
         }
+        f.write_str(">>")
     }
 }
 
@@ -218,6 +276,23 @@ pub fn encode_method(out: &mut Vec<u8>, channel: u16, method: &AMQPClass) {
     finish_frame(out, start);
 }
 
+/// Appends a method frame from raw argument bytes (for fields amq-protocol omits).
+pub fn encode_raw_method(
+    out: &mut Vec<u8>,
+    channel: u16,
+    class_id: u16,
+    method_id: u16,
+    args: &[u8],
+) {
+    let start = out.len();
+    out.extend_from_slice(&[FRAME_METHOD, 0, 0, 0, 0, 0, 0]);
+    out[start + 1..start + 3].copy_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&class_id.to_be_bytes());
+    out.extend_from_slice(&method_id.to_be_bytes());
+    out.extend_from_slice(args);
+    finish_frame(out, start);
+}
+
 /// Appends a content header frame built from raw property bytes.
 pub fn encode_header(out: &mut Vec<u8>, channel: u16, body_size: u64, raw_properties: &[u8]) {
     let size = 12 + raw_properties.len();
@@ -274,6 +349,14 @@ pub fn encode_properties(properties: &AMQPProperties) -> Bytes {
     )
     .expect("encoding into a Vec cannot fail");
     Bytes::from(buf)
+}
+
+/// Decodes stored property bytes (the inverse of [`encode_properties`]).
+pub fn decode_properties(raw: &[u8]) -> Option<AMQPProperties> {
+    nom::combinator::all_consuming(amq_protocol::protocol::basic::parse_properties)
+        .parse(raw)
+        .ok()
+        .map(|(_, p)| p)
 }
 
 /// Content header frame for a freshly built message (used by tests and the broker itself).

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::message::Message;
 use crate::protocol::{AmqpError, ReplyCode};
+use crate::store::{QueueKey, StoreHandle, StoredMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,6 +32,18 @@ struct Entry {
     id: u64,
     msg: Arc<Message>,
     redelivered: bool,
+    /// Written to this queue's log (persistent message in a durable queue).
+    persisted: bool,
+    /// How many times it was handed to a consumer.
+    deliveries: u32,
+}
+
+/// A durable queue's link to the message store.
+pub struct QueueStore {
+    /// The store.
+    pub handle: StoreHandle,
+    /// This queue's key in the store.
+    pub key: QueueKey,
 }
 
 #[derive(Debug)]
@@ -61,28 +74,58 @@ struct Queue {
     next_id: u64,
     had_consumer: bool,
     on_auto_delete: Option<OnAutoDelete>,
+    store: Option<QueueStore>,
 }
 
-/// Starts a queue task and returns its handle.
-pub fn spawn(id: super::QueueId, info: QueueInfo, on_auto_delete: OnAutoDelete) -> QueueHandle {
+/// Starts a queue task and returns its handle. A durable queue gets its store
+/// link and the messages recovered from its log.
+pub fn spawn(
+    id: super::QueueId,
+    info: QueueInfo,
+    on_auto_delete: OnAutoDelete,
+    store: Option<QueueStore>,
+    recovered: Vec<StoredMessage>,
+) -> QueueHandle {
     let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+    let (ctl, ctl_rx) = mpsc::unbounded_channel();
     let handle = QueueHandle {
         id,
         info: Arc::new(info),
         tx,
+        ctl,
+        gauge: Arc::new(super::QueueGauge::default()),
     };
     let span = tracing::info_span!("queue", vhost = %handle.info.vhost, name = %handle.info.name);
+    let mut ready = VecDeque::with_capacity(recovered.len());
+    let mut next_id = 1;
+    for m in recovered {
+        next_id = next_id.max(m.seq + 1);
+        match Message::restore(&m.exchange, &m.routing_key, m.header, m.body) {
+            Some(msg) => ready.push_back(Entry {
+                id: m.seq,
+                msg,
+                redelivered: m.redelivered || m.delivery_count > 0,
+                persisted: true,
+                deliveries: m.delivery_count,
+            }),
+            None => tracing::error!(
+                seq = m.seq,
+                "dropping recovered message with undecodable properties"
+            ),
+        }
+    }
     let queue = Queue {
         me: handle.clone(),
-        ready: VecDeque::new(),
+        ready,
         unacked: HashMap::new(),
         consumers: Vec::new(),
         next_consumer: 0,
-        next_id: 1,
+        next_id,
         had_consumer: false,
         on_auto_delete: Some(on_auto_delete),
+        store,
     };
-    tokio::spawn(queue.run(rx).instrument(span));
+    tokio::spawn(queue.run(rx, ctl_rx).instrument(span));
     handle
 }
 
@@ -92,13 +135,26 @@ enum Flow {
 }
 
 impl Queue {
-    async fn run(mut self, mut rx: mpsc::Receiver<QueueCmd>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<QueueCmd>,
+        mut ctl: mpsc::UnboundedReceiver<QueueCmd>,
+    ) {
         debug!("queue started");
         let mut batch = Vec::with_capacity(64);
+        let mut control = Vec::with_capacity(256);
         loop {
-            if rx.recv_many(&mut batch, 64).await == 0 {
+            // Control first: acks free consumer credit, which is what lets the
+            // backlog of publishes drain.
+            let n = tokio::select! {
+                biased;
+                n = ctl.recv_many(&mut control, 256) => n,
+                n = rx.recv_many(&mut batch, 16) => n,
+            };
+            if n == 0 {
                 break;
             }
+            batch.append(&mut control);
             for cmd in batch.drain(..) {
                 if let Flow::Stop = self.handle(cmd) {
                     debug!("queue stopped");
@@ -106,6 +162,7 @@ impl Queue {
                 }
             }
             self.dispatch();
+            self.me.gauge.update(self.ready.len(), self.consumers.len());
             if self.should_auto_delete() {
                 self.auto_delete();
                 return;
@@ -139,9 +196,23 @@ impl Queue {
             }
             QueueCmd::Purge(reply) => {
                 let n = self.ready.len() as u32;
-                self.ready.clear();
+                let gone = self
+                    .ready
+                    .drain(..)
+                    .filter(|e| e.persisted)
+                    .map(|e| e.id)
+                    .collect();
+                self.forget(gone);
                 let _ = reply.send(n);
             }
+            QueueCmd::Sync(reply) => match &self.store {
+                Some(store) => store.handle.flush(Box::new(move |_| {
+                    let _ = reply.send(());
+                })),
+                None => {
+                    let _ = reply.send(());
+                }
+            },
             QueueCmd::Delete {
                 if_unused,
                 if_empty,
@@ -155,16 +226,21 @@ impl Queue {
                     ))));
                 } else if if_empty && !self.ready.is_empty() {
                     let _ = reply.send(Err(AmqpError::precondition(format_args!(
-                        "queue '{}' in vhost '{}' is not empty",
+                        "queue '{}' in vhost '{}' not empty",
                         info.name, info.vhost
                     ))));
                 } else {
                     let _ = reply.send(Ok(self.ready.len() as u32));
                     self.cancel_all_consumers();
+                    self.drop_log();
                     return Flow::Stop;
                 }
             }
             QueueCmd::ChannelClosed(chan_key) => self.channel_closed(chan_key),
+            QueueCmd::Stop(reply) => {
+                let _ = reply.send(());
+                return Flow::Stop;
+            }
             QueueCmd::Wake => {}
         }
         Flow::Continue
@@ -172,16 +248,56 @@ impl Queue {
 
     fn publish(&mut self, items: PublishBatch, conn: Option<ConnHandle>) {
         let mut confirms = Vec::new();
+        let mut durable_confirms = Vec::new();
+        let mut stored = Vec::new();
         for (msg, confirm) in items {
             let id = self.next_id;
             self.next_id += 1;
+            let persisted = self.store.is_some() && msg.is_persistent();
+            if persisted {
+                stored.push(StoredMessage {
+                    seq: id,
+                    header: msg.raw_properties.clone(),
+                    body: msg.body.clone(),
+                    exchange: msg.exchange.to_string(),
+                    routing_key: msg.routing_key.to_string(),
+                    delivery_count: 0,
+                    redelivered: false,
+                });
+            }
             self.ready.push_back(Entry {
                 id,
                 msg,
                 redelivered: false,
+                persisted,
+                deliveries: 0,
             });
-            if let Some(tag) = confirm {
-                confirms.push(tag);
+            match (confirm, persisted) {
+                (Some(tag), true) => durable_confirms.push(tag),
+                (Some(tag), false) => confirms.push(tag),
+                (None, _) => {}
+            }
+        }
+        if let Some(store) = &self.store {
+            if !stored.is_empty() {
+                // Confirms for persistent messages wait for the group commit.
+                let done = match (&conn, durable_confirms.is_empty()) {
+                    (Some(conn), false) => {
+                        let tx = conn.tx.clone();
+                        let name = self.me.info.name.clone();
+                        Some(Box::new(move |result: std::io::Result<()>| {
+                            if let Err(e) = &result {
+                                tracing::error!(queue = %name, error = %e, "store write failed, nacking");
+                            }
+                            let _ = tx.send(ConnEvent::Confirms {
+                                tags: durable_confirms,
+                                ok: result.is_ok(),
+                            });
+                        }) as crate::store::Completion)
+                    }
+                    _ => None,
+                };
+                store.handle.append(&store.key, stored, done);
             }
         }
         if let (false, Some(conn)) = (confirms.is_empty(), conn) {
@@ -189,6 +305,22 @@ impl Queue {
                 tags: confirms,
                 ok: true,
             });
+        }
+    }
+
+    /// Records that persisted messages left the queue for good.
+    fn forget(&self, seqs: Vec<u64>) {
+        if let (Some(store), false) = (&self.store, seqs.is_empty()) {
+            store.handle.ack(&store.key, seqs);
+        }
+    }
+
+    /// Records a delivery of a persisted message, so a crash brings it back redelivered.
+    fn record_delivery(&self, entry: &Entry) {
+        if let (Some(store), true) = (&self.store, entry.persisted) {
+            store
+                .handle
+                .set_delivery_count(&store.key, entry.id, entry.deliveries);
         }
     }
 
@@ -215,14 +347,20 @@ impl Queue {
     }
 
     fn get(&mut self, chan_key: ChanKey, no_ack: bool) -> Option<GetResult> {
-        let entry = self.ready.pop_front()?;
+        let mut entry = self.ready.pop_front()?;
+        entry.deliveries += 1;
         let result = GetResult {
             msg: entry.msg.clone(),
             msg_id: entry.id,
             redelivered: entry.redelivered,
             remaining: self.ready.len() as u32,
         };
-        if !no_ack {
+        if no_ack {
+            if entry.persisted {
+                self.forget(vec![entry.id]);
+            }
+        } else {
+            self.record_delivery(&entry);
             self.unacked.insert(
                 entry.id,
                 Unacked {
@@ -237,6 +375,7 @@ impl Queue {
 
     fn settle(&mut self, chan_key: ChanKey, ids: &[u64], how: Settle) {
         let mut requeue = Vec::new();
+        let mut gone = Vec::new();
         for id in ids {
             let Some(u) = self.unacked.remove(id) else {
                 continue;
@@ -245,8 +384,11 @@ impl Queue {
             self.release_consumer_credit(u.chan_key, u.consumer_tag.as_ref());
             if how == Settle::Requeue {
                 requeue.push(u.entry);
+            } else if u.entry.persisted {
+                gone.push(u.entry.id);
             }
         }
+        self.forget(gone);
         self.requeue(requeue);
     }
 
@@ -319,7 +461,15 @@ impl Queue {
                 break 'messages;
             };
             self.next_consumer = (idx + 1) % n;
-            let entry = self.ready.pop_front().expect("checked non-empty");
+            let mut entry = self.ready.pop_front().expect("checked non-empty");
+            entry.deliveries += 1;
+            if entry.persisted {
+                if self.consumers[idx].spec.no_ack {
+                    self.forget(vec![entry.id]);
+                } else {
+                    self.record_delivery(&entry);
+                }
+            }
             let c = &mut self.consumers[idx];
             let delivery = Delivery {
                 chan_key: c.spec.chan_key,
@@ -367,6 +517,8 @@ impl Queue {
                         id: d.msg_id,
                         msg: d.msg,
                         redelivered: true,
+                        persisted: false,
+                        deliveries: 1,
                     })
                     .collect();
                 self.requeue(back);
@@ -387,10 +539,18 @@ impl Queue {
         self.me.info.auto_delete && self.had_consumer && self.consumers.is_empty()
     }
 
+    /// Deletes the queue's log (the queue itself is being deleted).
+    fn drop_log(&self) {
+        if let Some(store) = &self.store {
+            store.handle.delete_queue(&store.key);
+        }
+    }
+
     fn auto_delete(&mut self) {
         if let Some(unregister) = self.on_auto_delete.take() {
             unregister(&self.me);
         }
+        self.drop_log();
         debug!("auto-deleted");
     }
 }

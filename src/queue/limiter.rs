@@ -2,13 +2,13 @@
 //!
 //! Per-consumer prefetch lives inside each queue actor. What spans queues lives
 //! here (RabbitMQ's `rabbit_limiter`): the channel-wide prefetch of
-//! `basic.qos(global=true)`, `channel.flow`, and the connection's count of
+//! `basic.qos(global=true)` and the connection's count of
 //! deliveries not yet written to the socket. A queue that finds no credit
 //! registers itself in `waiting` and is sent [`QueueCmd::Wake`] when credit frees.
 
 use super::{QueueCmd, QueueHandle};
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Deliveries a connection may have queued but not yet written before queues pause.
@@ -49,8 +49,6 @@ pub struct ChannelLimiter {
     pub global_prefetch: AtomicU32,
     /// Unsettled deliveries counted against the global prefetch.
     pub global_unacked: AtomicU32,
-    /// `channel.flow` state.
-    pub flow: AtomicBool,
     /// The connection's counters.
     pub conn: Arc<ConnShared>,
     waiting: Mutex<Vec<QueueHandle>>,
@@ -74,7 +72,6 @@ impl ChannelLimiter {
         ChannelLimiter {
             global_prefetch: AtomicU32::new(0),
             global_unacked: AtomicU32::new(0),
-            flow: AtomicBool::new(true),
             conn,
             waiting: Mutex::new(Vec::new()),
         }
@@ -82,14 +79,8 @@ impl ChannelLimiter {
 
     /// Asks for credit for one delivery to a consumer (`acked` = not no-ack).
     pub fn acquire(&self, queue: &QueueHandle, acked: bool) -> Credit {
-        // Each check registers first and re-checks, so a wake-up that races with
-        // the registration is never lost.
-        if !self.flow.load(Ordering::Acquire) {
-            push_unique(&mut self.waiting.lock(), queue);
-            if !self.flow.load(Ordering::Acquire) {
-                return Credit::Blocked;
-            }
-        }
+        // Register first and re-check, so a wake-up that races with the
+        // registration is never lost.
         if self.conn.saturated() {
             self.conn.wait(queue);
             if self.conn.saturated() {
@@ -139,7 +130,6 @@ fn push_unique(waiting: &mut Vec<QueueHandle>, queue: &QueueHandle) {
 fn wake_all(waiting: &Mutex<Vec<QueueHandle>>) {
     let queues = std::mem::take(&mut *waiting.lock());
     for q in queues {
-        // A full inbox means the queue is busy and will dispatch after its batch anyway.
-        q.try_send(QueueCmd::Wake);
+        q.send_control(QueueCmd::Wake);
     }
 }

@@ -39,6 +39,53 @@ pub struct QueueInfo {
     pub arguments: FieldTable,
 }
 
+/// Ready messages above which a queue with consumers asks its publishers to pause.
+pub const CONGESTION_HIGH: usize = 20_000;
+/// Ready messages below which paused publishers resume.
+pub const CONGESTION_LOW: usize = 10_000;
+
+/// A queue's backlog as its publishers see it (publisher flow control).
+///
+/// A queue that has consumers and more than [`CONGESTION_HIGH`] ready messages is
+/// congested: its publishers stop reading their sockets until it drains below
+/// [`CONGESTION_LOW`] (or a short timeout passes, so a client that publishes and
+/// consumes on one connection still makes progress). Queues without consumers
+/// are never congested: a backlog is what they are for.
+#[derive(Debug, Default)]
+pub struct QueueGauge {
+    ready: std::sync::atomic::AtomicUsize,
+    consumers: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl QueueGauge {
+    /// Whether publishers should pause.
+    pub fn congested(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.consumers.load(Relaxed) > 0 && self.ready.load(Relaxed) > CONGESTION_HIGH
+    }
+
+    /// Called by the queue actor after each batch of work.
+    pub fn update(&self, ready: usize, consumers: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.ready.swap(ready, Relaxed);
+        self.consumers.store(consumers, Relaxed);
+        if before >= CONGESTION_LOW && ready < CONGESTION_LOW || consumers == 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until the queue drains, at most `limit`.
+    pub async fn wait_drained(&self, limit: std::time::Duration) {
+        let notified = self.drained.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.congested() {
+            let _ = tokio::time::timeout(limit, notified).await;
+        }
+    }
+}
+
 /// A cheap, cloneable reference to a queue actor.
 #[derive(Clone, Debug)]
 pub struct QueueHandle {
@@ -46,7 +93,13 @@ pub struct QueueHandle {
     pub id: QueueId,
     /// Declaration facts.
     pub info: Arc<QueueInfo>,
+    /// Backlog gauge read by publishers for flow control.
+    pub gauge: Arc<QueueGauge>,
+    /// Publishes and every operation that must observe them, in order (bounded: backpressure).
     tx: mpsc::Sender<QueueCmd>,
+    /// Settlements, cancels and wake-ups: bounded by consumer credit, never stuck
+    /// behind a backlog of publishes.
+    ctl: mpsc::UnboundedSender<QueueCmd>,
 }
 
 impl PartialEq for QueueHandle {
@@ -204,21 +257,45 @@ pub enum QueueCmd {
         /// Reply.
         reply: oneshot::Sender<AmqpResult<u32>>,
     },
+    /// Broker shutdown: stop after the commands before it, keeping the log.
+    Stop(oneshot::Sender<()>),
+    /// Replies once everything enqueued before it is durable (`tx.commit`).
+    Sync(oneshot::Sender<()>),
     /// A channel closed: drop its consumers and requeue its unacked messages.
     ChannelClosed(ChanKey),
     /// Capacity freed somewhere (flow on, global prefetch, connection drained).
     Wake,
 }
 
+impl QueueCmd {
+    /// Whether the command may overtake publishes (it does not need to observe them).
+    pub fn is_control(&self) -> bool {
+        matches!(
+            self,
+            QueueCmd::Settle(..)
+                | QueueCmd::Cancel(..)
+                | QueueCmd::ChannelClosed(_)
+                | QueueCmd::Wake
+        )
+    }
+}
+
 impl QueueHandle {
-    /// Sends a command, waiting for inbox space (backpressure). Returns false if the queue is gone.
+    /// Sends a command. Settlements, cancels, channel closes and wake-ups take the
+    /// control lane; everything else waits for space in the ordered data lane
+    /// (backpressure). Returns false if the queue is gone.
     pub async fn send(&self, cmd: QueueCmd) -> bool {
-        self.tx.send(cmd).await.is_ok()
+        if cmd.is_control() {
+            self.ctl.send(cmd).is_ok()
+        } else {
+            self.tx.send(cmd).await.is_ok()
+        }
     }
 
-    /// Sends without waiting; used where a lost command is harmless (wake-ups).
-    pub fn try_send(&self, cmd: QueueCmd) -> bool {
-        self.tx.try_send(cmd).is_ok()
+    /// Sends a control command without waiting.
+    pub fn send_control(&self, cmd: QueueCmd) -> bool {
+        debug_assert!(cmd.is_control());
+        self.ctl.send(cmd).is_ok()
     }
 
     /// Queue name.

@@ -3,9 +3,12 @@
 //! 320 CONNECTION_FORCED → wait for connection tasks).
 
 use crate::auth::UserStore;
-use crate::broker::Broker;
+use crate::broker::{definitions, Broker, Storage};
 use crate::config::Config;
+use crate::config::FsyncPolicy;
 use crate::connection;
+use crate::store::{FsyncMode, Store, StoredMessage};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,18 +30,27 @@ pub struct RunningServer {
     broker: Arc<Broker>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    store: Option<Store>,
 }
 
 /// Errors that prevent the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The data directory or the message store could not be opened.
+    #[error("cannot open the message store in {dir}: {error}")]
+    Store {
+        /// The store directory.
+        dir: std::path::PathBuf,
+        /// The cause.
+        error: std::io::Error,
+    },
     /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {}", without_os_error(source))]
+    #[error("cannot listen on {addr}: {}", without_os_error(error))]
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (not chained: the message already says it).
+        error: std::io::Error,
     },
 }
 
@@ -58,12 +70,12 @@ impl Server {
         let addr = SocketAddr::new(config.amqp.bind, config.amqp.port);
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .map_err(|error| StartError::Bind { addr, error })?;
         let amqp_addr = listener
             .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .map_err(|error| StartError::Bind { addr, error })?;
         let users = Arc::new(UserStore::from_config(&config.auth));
-        let broker = Broker::new(config.clone());
+        let (store, broker) = open_storage(config.clone()).await?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let limit = match config.amqp.max_connections {
@@ -87,8 +99,64 @@ impl Server {
             broker,
             shutdown,
             tasks,
+            store: Some(store),
         })
     }
+}
+
+/// Opens the message store (recovering every queue log), builds the broker, and
+/// recreates each vhost's durable definitions with their messages.
+async fn open_storage(config: Arc<Config>) -> Result<(Store, Arc<Broker>), StartError> {
+    let started = std::time::Instant::now();
+    let dir = config.data_dir.join("store");
+    let fsync = match config.storage.fsync {
+        FsyncPolicy::Always => FsyncMode::Always,
+        FsyncPolicy::Never => FsyncMode::Never,
+    };
+    let open_dir = dir.clone();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&open_dir, fsync))
+        .await
+        .expect("store recovery task panicked");
+    let (store, handle, recovered) = opened.map_err(|error| StartError::Store {
+        dir: dir.clone(),
+        error,
+    })?;
+    let mut logs: HashMap<String, Vec<StoredMessage>> =
+        recovered.into_iter().map(|q| (q.key, q.messages)).collect();
+    let storage = Arc::new(Storage {
+        store: handle.clone(),
+        data_dir: config.data_dir.clone(),
+        definitions_lock: parking_lot::Mutex::new(()),
+    });
+    let broker = Broker::new(config.clone(), Some(storage));
+    let (mut queues, mut messages) = (0, 0);
+    for vhost in broker.vhosts() {
+        let path = definitions::path(&config.data_dir, &vhost.name);
+        match definitions::load(&path) {
+            Ok(Some(defs)) => {
+                let (q, m) = vhost.restore(&defs, &mut logs);
+                queues += q;
+                messages += m;
+            }
+            Ok(None) => {}
+            Err(error) => return Err(StartError::Store { dir: path, error }),
+        }
+    }
+    for (key, msgs) in logs {
+        warn!(
+            key,
+            messages = msgs.len(),
+            "deleting the log of a queue that no longer exists"
+        );
+        handle.delete_queue(&key);
+    }
+    info!(
+        queues,
+        messages,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered durable queues"
+    );
+    Ok((store, broker))
 }
 
 async fn accept_loop(
@@ -140,7 +208,7 @@ impl RunningServer {
     }
 
     /// Closes every client with 320 CONNECTION_FORCED and waits for their tasks.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         info!("shutting down");
         self.shutdown.cancel();
         self.tasks.close();
@@ -149,6 +217,17 @@ impl RunningServer {
             .is_err()
         {
             warn!("some connections did not close in time");
+        }
+        // Queues finish what is in their inboxes (so every append reaches the
+        // store) and stop; then the store syncs and marks a clean shutdown.
+        for vhost in self.broker.vhosts() {
+            for queue in vhost.queues() {
+                queue.ask(crate::queue::QueueCmd::Stop).await;
+            }
+        }
+        if let Some(store) = self.store.take() {
+            // Flushes, fsyncs and writes the clean-shutdown marker.
+            let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;
         }
         info!("shutdown complete");
     }

@@ -220,6 +220,9 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<Vec<u8>> {
 }
 
 /// Starts a manual-ack consumer with a server-generated tag.
+///
+/// Keep the returned `Consumer` alive (`let _c = ...`): lapin cancels the
+/// consumer when it is dropped.
 pub async fn consume(ch: &Channel, queue: &str) -> Consumer {
     consume_opts(ch, queue, BasicConsumeOptions::default()).await
 }
@@ -272,4 +275,102 @@ pub fn bodies<const N: usize>(items: [&str; N]) -> Vec<Vec<u8>> {
 
 pub fn short(s: &str) -> ShortString {
     s.into()
+}
+
+/// Polls an async condition every millisecond until true or [`super::TIMEOUT`].
+pub async fn eventually<F, Fut>(mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + super::TIMEOUT;
+    loop {
+        if f().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// True if the queue exists (passive declare on a throw-away channel).
+pub async fn queue_exists(conn: &Connection, queue: &str) -> bool {
+    let ch = channel(conn).await;
+    let res = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            no_args(),
+        )
+        .await;
+    match res {
+        Ok(_) => {
+            let _ = ch.close(200, "".into()).await;
+            true
+        }
+        Err(e) => {
+            let (code, _) = amqp_error(&e).unwrap_or_else(|| panic!("passive declare: {e:?}"));
+            assert_eq!(code, 404, "{e:?}");
+            false
+        }
+    }
+}
+
+/// True if the exchange exists (passive declare on a throw-away channel).
+pub async fn exchange_exists(conn: &Connection, exchange: &str) -> bool {
+    let ch = channel(conn).await;
+    let res = ch
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            no_args(),
+        )
+        .await;
+    match res {
+        Ok(_) => {
+            let _ = ch.close(200, "".into()).await;
+            true
+        }
+        Err(e) => {
+            let (code, _) = amqp_error(&e).unwrap_or_else(|| panic!("passive declare: {e:?}"));
+            assert_eq!(code, 404, "{e:?}");
+            false
+        }
+    }
+}
+
+/// Deletes a queue (best effort cleanup for shared brokers).
+pub async fn delete_queue(conn: &Connection, queue: &str) {
+    if let Ok(ch) = conn.create_channel().await {
+        let _ = ch
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+/// Deletes an exchange (best effort cleanup for shared brokers).
+pub async fn delete_exchange(conn: &Connection, exchange: &str) {
+    if let Ok(ch) = conn.create_channel().await {
+        let _ = ch
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+/// Number of ready messages in each queue, in order.
+pub async fn message_counts(ch: &Channel, queues: &[String]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for q in queues {
+        out.push(message_count(ch, q).await);
+    }
+    out
 }

@@ -106,7 +106,42 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     pub target: Target,
     running: Option<warrenmq::RunningServer>,
+    /// The in-process configuration (kept for restarts).
+    config: Option<warrenmq::Config>,
+    /// For an external broker: a shell command that restarts it (alt profile).
+    restart_cmd: Option<String>,
     _data_dir: Option<tempfile::TempDir>,
+}
+
+/// The vhost, users and limits of the "alt" configuration profile. An external
+/// RabbitMQ configured the same way is started by tests/rabbitmq/start-alt-node.sh.
+pub mod alt {
+    pub const VHOST: &str = "warren-alt";
+    /// Full access to VHOST only.
+    pub const ALICE: (&str, &str) = ("alice", "alice-pw");
+    /// Authenticates, but has access to no vhost.
+    pub const BOB: (&str, &str) = ("bob", "bob-pw");
+    pub const FRAME_MAX: u32 = 8192;
+    pub const CHANNEL_MAX: u16 = 16;
+    pub const HEARTBEAT: u16 = 10;
+    pub const MAX_MESSAGE_SIZE: u64 = 10_000;
+}
+
+/// Applies the alt profile to a WarrenMQ configuration.
+pub fn alt_config(c: &mut warrenmq::Config) {
+    c.amqp.frame_max = alt::FRAME_MAX;
+    c.amqp.channel_max = alt::CHANNEL_MAX;
+    c.amqp.heartbeat = alt::HEARTBEAT;
+    c.amqp.max_message_size = alt::MAX_MESSAGE_SIZE;
+    c.vhosts.names = vec!["/".into(), alt::VHOST.into()];
+    let user = |(name, password): (&str, &str), vhosts: &[&str]| warrenmq::config::UserConfig {
+        name: name.into(),
+        password: password.into(),
+        tags: vec![],
+        vhosts: vhosts.iter().map(|v| v.to_string()).collect(),
+    };
+    c.auth.users.push(user(alt::ALICE, &[alt::VHOST]));
+    c.auth.users.push(user(alt::BOB, &[]));
 }
 
 impl TestBroker {
@@ -119,18 +154,7 @@ impl TestBroker {
     /// With an external broker, `f` is ignored.
     pub async fn start_with(f: impl FnOnce(&mut warrenmq::Config)) -> Self {
         if let Ok(url) = std::env::var("WARRENMQ_TEST_URL") {
-            let target = Target::parse(&url);
-            let addr = (target.host.as_str(), target.port)
-                .to_socket_addrs()
-                .expect("resolve WARRENMQ_TEST_URL host")
-                .next()
-                .expect("WARRENMQ_TEST_URL host has an address");
-            return TestBroker {
-                addr,
-                target,
-                running: None,
-                _data_dir: None,
-            };
+            return TestBroker::external(&url, None);
         }
         let dir = tempfile::TempDir::new().expect("temp data dir");
         let mut config = warrenmq::Config::default();
@@ -138,23 +162,110 @@ impl TestBroker {
         config.amqp.port = 0;
         config.data_dir = dir.path().to_path_buf();
         f(&mut config);
-        let running = warrenmq::Server::start(config)
+        let running = warrenmq::Server::start(config.clone())
             .await
             .expect("start WarrenMQ");
         let addr = running.amqp_addr();
-        let target = Target {
+        TestBroker {
+            addr,
+            target: Self::local_target(addr),
+            running: Some(running),
+            config: Some(config),
+            restart_cmd: None,
+            _data_dir: Some(dir),
+        }
+    }
+
+    /// Starts a broker with the alt profile ([`alt_config`]): in-process, or the
+    /// external broker named by `WARRENMQ_TEST_ALT_URL` (configured the same way,
+    /// see tests/rabbitmq/start-alt-node.sh). Returns None, so the test skips,
+    /// when only `WARRENMQ_TEST_URL` (a default-configured broker) is given.
+    pub async fn start_alt() -> Option<Self> {
+        if let Ok(url) = std::env::var("WARRENMQ_TEST_ALT_URL") {
+            let restart = std::env::var("WARRENMQ_TEST_ALT_RESTART").ok();
+            return Some(TestBroker::external(&url, restart));
+        }
+        if std::env::var("WARRENMQ_TEST_URL").is_ok() {
+            eprintln!("skipped: needs WARRENMQ_TEST_ALT_URL (an alt-profile broker)");
+            return None;
+        }
+        Some(Self::start_with(alt_config).await)
+    }
+
+    /// Like [`start_alt`](Self::start_alt), but also requires that the broker can
+    /// be restarted (in-process, or `WARRENMQ_TEST_ALT_RESTART` is set).
+    pub async fn start_alt_restartable() -> Option<Self> {
+        let broker = Self::start_alt().await?;
+        if broker.is_external() && broker.restart_cmd.is_none() {
+            eprintln!(
+                "skipped: needs WARRENMQ_TEST_ALT_RESTART (a command restarting the alt broker)"
+            );
+            return None;
+        }
+        Some(broker)
+    }
+
+    fn external(url: &str, restart_cmd: Option<String>) -> Self {
+        let target = Target::parse(url);
+        let addr = (target.host.as_str(), target.port)
+            .to_socket_addrs()
+            .expect("resolve the external broker's host")
+            .next()
+            .expect("the external broker's host has an address");
+        TestBroker {
+            addr,
+            target,
+            running: None,
+            config: None,
+            restart_cmd,
+            _data_dir: None,
+        }
+    }
+
+    fn local_target(addr: SocketAddr) -> Target {
+        Target {
             host: addr.ip().to_string(),
             port: addr.port(),
             user: "guest".into(),
             password: "guest".into(),
             vhost: "/".into(),
-        };
-        TestBroker {
-            addr,
-            target,
-            running: Some(running),
-            _data_dir: Some(dir),
         }
+    }
+
+    /// Stops and starts the broker again on the same data directory. An
+    /// in-process broker may come back on another port: reconnect afterwards
+    /// with `lapin()`/`amqprs()`/`url()`.
+    pub async fn restart(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+            let config = self.config.clone().expect("in-process config");
+            let running = warrenmq::Server::start(config)
+                .await
+                .expect("restart WarrenMQ");
+            self.addr = running.amqp_addr();
+            self.target = Self::local_target(self.addr);
+            self.running = Some(running);
+            return;
+        }
+        let cmd = self.restart_cmd.clone().expect("WARRENMQ_TEST_ALT_RESTART");
+        let cmd2 = cmd.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd2)
+                .status()
+        })
+        .await
+        .unwrap()
+        .expect("run the restart command");
+        assert!(status.success(), "restart command failed: {cmd}");
+        let addr = self.addr;
+        let up =
+            lapin_util::eventually(
+                || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+            )
+            .await;
+        assert!(up, "broker did not come back after restart");
     }
 
     /// True when testing an external broker (RabbitMQ) instead of WarrenMQ.
@@ -184,6 +295,23 @@ impl TestBroker {
         lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
             .await
             .expect("lapin connect")
+    }
+
+    /// A lapin connection attempt with other credentials or another vhost.
+    pub async fn lapin_as(
+        &self,
+        user: &str,
+        password: &str,
+        vhost: &str,
+    ) -> lapin::Result<lapin::Connection> {
+        within(
+            "lapin connect",
+            lapin::Connection::connect(
+                &self.url_for(user, password, vhost),
+                lapin::ConnectionProperties::default(),
+            ),
+        )
+        .await
     }
 
     /// A new amqprs connection (default user and vhost) with a connection callback
