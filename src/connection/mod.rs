@@ -102,11 +102,11 @@ pub async fn serve(
         };
         let reason = c.run(shutdown).await;
         if reason == CLIENT_CLOSED {
-            // Send close-ok and our FIN at once (clients wait for the EOF), but
-            // keep reading until the client closes too: closing the read side
-            // while the client still writes frames it queued before its
-            // connection.close would reset the connection under it.
-            c.writer.finish();
+            // The client, having received close-ok, closes the socket (AMQP
+            // 0-9-1 §2.2.4), as RabbitMQ expects. Closing first races with
+            // clients that still write frames queued before their
+            // connection.close (amqplib: EPIPE) or that treat an early EOF as
+            // an error (amqp091-go's concurrent Close).
             c.await_client_eof().await;
         }
         c.release_all().await;

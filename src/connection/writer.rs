@@ -97,13 +97,6 @@ impl WriterHandle {
         self.tx.send(chunks).is_ok()
     }
 
-    /// Lets the writer finish: it writes what it has, then shuts the socket's
-    /// write side down (the peer sees EOF). Later sends are dropped.
-    pub fn finish(&mut self) {
-        let (closed, _) = mpsc::unbounded_channel();
-        self.tx = closed;
-    }
-
     /// Whether the socket is behind by more than [`WRITER_HIGH_WATER`] bytes.
     pub fn saturated(&self) -> bool {
         self.pending.load(Ordering::Relaxed) > WRITER_HIGH_WATER
