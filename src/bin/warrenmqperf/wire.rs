@@ -324,7 +324,6 @@ pub fn ack_args(payload: &[u8]) -> Option<(u64, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amq_protocol::protocol::basic;
 
     #[test]
     fn uri_defaults_and_decoding() {
@@ -362,6 +361,7 @@ mod tests {
 
     #[test]
     fn publish_template_round_trips_through_amq_protocol() {
+        use amq_protocol::protocol::basic;
         let t = PublishTemplate::new(1, "ex", "rk", 10_000, true, 4096);
         let f = frames(&t.bytes);
         assert_eq!(f.len(), 5, "method, header, 3 body frames");
@@ -382,6 +382,7 @@ mod tests {
 
     #[test]
     fn hot_decoders_agree_with_amq_protocol() {
+        use amq_protocol::protocol::basic;
         let mut v = Vec::new();
         encode_method(
             &mut v,
