@@ -163,8 +163,12 @@ fn bench_queue_actor(c: &mut Criterion) {
                             exclusive_owner: None,
                             auto_delete: false,
                             arguments: Default::default(),
+                            args: Default::default(),
                         },
+                        std::sync::Weak::new(),
                         Box::new(|_| {}),
+                        None,
+                        Vec::new(),
                     );
                     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                     let shared = Arc::new(ConnShared::default());
