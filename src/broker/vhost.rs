@@ -286,7 +286,7 @@ impl VHost {
     /// `queue.declare`: returns the queue (created if needed).
     pub fn declare_queue(&self, d: &QueueDecl, conn_id: u64) -> AmqpResult<QueueHandle> {
         let name: String = if d.name.is_empty() {
-            generate_queue_name()
+            crate::channel::consume::generate_tag("amq.gen-")
         } else {
             d.name.clone()
         };
@@ -863,17 +863,4 @@ impl std::fmt::Display for DisplayValue<'_> {
             },
         }
     }
-}
-
-/// `amq.gen-` followed by 22 URL-safe base64 characters, as RabbitMQ names queues.
-fn generate_queue_name() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut rng = rand::thread_rng();
-    let mut name = String::with_capacity(30);
-    name.push_str("amq.gen-");
-    for _ in 0..22 {
-        name.push(ALPHABET[rng.gen_range(0..64)] as char);
-    }
-    name
 }

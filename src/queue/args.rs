@@ -33,6 +33,7 @@
 //!
 //! Pure functions: no I/O, no broker state.
 
+use crate::protocol::error::cap_reply_text;
 use crate::protocol::{AmqpError, ReplyCode};
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -271,21 +272,6 @@ fn precondition(detail: impl IntoIterator<Item = u8>) -> AmqpError {
     );
     e.text = cap_reply_text(e.text);
     e
-}
-
-/// RabbitMQ cuts reply texts longer than 255 bytes to 252 bytes plus `...`
-/// (`rabbit_binary_generator:amqp_exception_explanation/2`). RabbitMQ cuts bytes;
-/// this cuts at the last UTF-8 boundary at or before byte 252.
-pub fn cap_reply_text(mut text: String) -> String {
-    if text.len() > 255 {
-        let mut cut = 252;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("...");
-    }
-    text
 }
 
 /// The Erlang type name RabbitMQ uses for a field value in its texts.
