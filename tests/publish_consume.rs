@@ -755,3 +755,55 @@ async fn lapin_consumer_ends_when_its_queue_is_deleted() {
     expect_consumer_end(&mut consumer).await;
     broker.shutdown().await;
 }
+
+/// A no-ack consumer that stops reading for a while lets several MiB of
+/// deliveries pile up in the broker's writer; once it reads again it must get
+/// every message (the connection resumes when the writer drains).
+#[tokio::test]
+async fn slow_no_ack_consumer_resumes_after_the_socket_drains() {
+    use common::raw::{Enc, Frame, RawConn};
+    const N: usize = 8_000;
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let q = shared_queue(&ch).await;
+    let body = vec![b'x'; 1024];
+    for _ in 0..N {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    ch.wait_for_confirms().await.expect("confirms");
+    let (mut c, _) = RawConn::open_connection(&broker).await;
+    c.open_channel(1).await;
+    let consume = Enc::new()
+        .u16(0)
+        .short_str(&q)
+        .short_str("slow")
+        .u8(0b10) // no_ack
+        .empty_table()
+        .build();
+    c.send_method(1, 60, 20, &consume).await;
+    // Not reading: the socket buffers fill and the broker's writer backs up.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut delivered = 0;
+    while delivered < N {
+        let frame = c.read_frame().await.expect("deliveries keep coming");
+        if let Frame::Method {
+            class: 60,
+            method: 60,
+            ..
+        } = frame
+        {
+            delivered += 1;
+        }
+    }
+    assert_eq!(delivered, N);
+    broker.shutdown().await;
+}

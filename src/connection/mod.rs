@@ -191,6 +191,8 @@ impl Connection {
                         }
                     }
                 }
+                // Deliveries wait while the socket is behind; resume once it drains.
+                _ = self.writer.wait_drained(), if self.writer.saturated() => {}
                 _ = tick.tick(), if !hb.is_zero() => {
                     if self.last_read.elapsed() >= hb * 2 {
                         warn!(timeout_s = self.heartbeat, "missed heartbeats from client, closing");

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Bodies at most this large are copied into the frame buffer instead of sent as their own chunk.
 const COPY_BODY_MAX: usize = 2048;
@@ -84,6 +84,7 @@ impl Outbox {
 pub struct WriterHandle {
     tx: mpsc::UnboundedSender<Vec<Bytes>>,
     pending: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
 }
 
 impl WriterHandle {
@@ -102,6 +103,12 @@ impl WriterHandle {
         self.pending.load(Ordering::Relaxed) > WRITER_HIGH_WATER
     }
 
+    /// Resolves once the writer has caught up below [`WRITER_HIGH_WATER`]
+    /// (the connection stops taking deliveries while it is above).
+    pub async fn wait_drained(&self) {
+        self.drained.notified().await;
+    }
+
     /// Bytes not yet written.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
@@ -114,6 +121,8 @@ pub fn spawn(mut socket: OwnedWriteHalf) -> (WriterHandle, tokio::task::JoinHand
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Bytes>>();
     let pending = Arc::new(AtomicUsize::new(0));
     let counter = pending.clone();
+    let drained = Arc::new(Notify::new());
+    let wake = drained.clone();
     let task = tokio::spawn(async move {
         let mut batch: Vec<Vec<Bytes>> = Vec::new();
         let mut chunks: Vec<Bytes> = Vec::new();
@@ -124,11 +133,23 @@ pub fn spawn(mut socket: OwnedWriteHalf) -> (WriterHandle, tokio::task::JoinHand
                 tracing::debug!(error = %e, "socket write failed");
                 return;
             }
-            counter.fetch_sub(written, Ordering::Relaxed);
+            let before = counter.fetch_sub(written, Ordering::Relaxed);
+            if before > WRITER_HIGH_WATER && before - written <= WRITER_HIGH_WATER {
+                // One waiter (the connection task); a stored permit only costs it
+                // one extra loop turn.
+                wake.notify_one();
+            }
         }
         let _ = socket.shutdown().await;
     });
-    (WriterHandle { tx, pending }, task)
+    (
+        WriterHandle {
+            tx,
+            pending,
+            drained,
+        },
+        task,
+    )
 }
 
 /// Writes every chunk, advancing through partial writes; leaves `chunks` empty.
