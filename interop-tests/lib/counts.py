@@ -5,6 +5,8 @@
     counts.py gojson FILE       `go test -json` / test2json stream
     counts.py cargo FILE        `cargo test` console output
     counts.py plain FILE        a closing "N passed, N failed[, N skipped]" line
+    counts.py pytestlog FILE    `pytest -v` console output (when a killed run
+                                left no JUnit report)
 
 Prints `passed=N failed=N skipped=N`; with --failures, also prints the names
 of failed tests, one per line, prefixed with "FAILED ".
@@ -86,12 +88,30 @@ def plain(path):
     return int(p), int(f), int(s or 0), names
 
 
+PYTEST_V = re.compile(r"^(\S+::.*?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)(?: |$)", re.M)
+
+
+def pytestlog(path):
+    text = open(path, encoding="utf-8", errors="replace").read()
+    final = {}
+    for nodeid, outcome in PYTEST_V.findall(text):
+        # A teardown ERROR after PASSED makes the test a failure.
+        if final.get(nodeid) in ("FAILED", "ERROR"):
+            continue
+        final[nodeid] = outcome
+    passed = sum(1 for o in final.values() if o in ("PASSED", "XFAIL"))
+    failed = sum(1 for o in final.values() if o in ("FAILED", "ERROR", "XPASS"))
+    skipped = sum(1 for o in final.values() if o == "SKIPPED")
+    return passed, failed, skipped, sorted(n for n, o in final.items() if o in ("FAILED", "ERROR", "XPASS"))
+
+
 def main(argv):
     show = "--failures" in argv
     argv = [a for a in argv if a != "--failures"]
     kind, paths = argv[0], argv[1:]
     fn = {"junit": lambda: junit(paths), "gojson": lambda: gojson(paths[0]),
-          "cargo": lambda: cargo(paths[0]), "plain": lambda: plain(paths[0])}[kind]
+          "cargo": lambda: cargo(paths[0]), "plain": lambda: plain(paths[0]),
+          "pytestlog": lambda: pytestlog(paths[0])}[kind]
     passed, failed, skipped, names = fn()
     print(f"passed={passed} failed={failed} skipped={skipped}")
     if show:

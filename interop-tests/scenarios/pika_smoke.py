@@ -60,6 +60,19 @@ def wait_for(conn, pred, seconds=10.0):
     return True
 
 
+def assert_count(ch, queue, n, seconds=5.0):
+    """The queue holds n ready messages, allowing for acks, nacks and
+    publishes still on their way (AMQP does not order them with queue.declare
+    on every broker)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        count = ch.queue_declare(queue=queue, passive=True).method.message_count
+        if count == n or time.monotonic() > deadline:
+            break
+        ch.connection.process_data_events(time_limit=0.1)
+    assert count == n, f"queue {queue}: {count} messages, expected {n}"
+
+
 def expect_channel_error(code, fn):
     """Run fn(); it must close the channel with the given reply code."""
     try:
@@ -107,7 +120,7 @@ def publish_consume_ack():
     assert got == bodies, f"out of order: {got}"
     ch.basic_cancel(tag)
     # Everything was acked: the queue is empty.
-    assert ch.queue_declare(queue=q, passive=True).method.message_count == 0
+    assert_count(ch, q, 0)
     conn.close()
 
 
@@ -133,7 +146,7 @@ def nack_requeue_and_discard():
     ch.close()
     ch = conn.channel()
     # Nacked without requeue: dropped (no DLX configured).
-    assert ch.queue_declare(queue=q, passive=True).method.message_count == 0
+    assert_count(ch, q, 0)
     # basic.reject requeue then multiple-nack.
     for i in range(3):
         ch.basic_publish("", q, str(i).encode())
@@ -146,7 +159,7 @@ def nack_requeue_and_discard():
     ch.basic_ack(tags[-1], multiple=True)
     ch.close()
     ch = conn.channel()
-    assert ch.queue_declare(queue=q, passive=True).method.message_count == 0
+    assert_count(ch, q, 0)
     conn.close()
 
 
@@ -158,7 +171,7 @@ def publisher_confirms():
     q = ch.queue_declare(queue="", exclusive=True).method.queue
     for i in range(20):
         ch.basic_publish("", q, f"c{i}".encode(), props(delivery_mode=2))  # raises if nacked
-    assert ch.queue_declare(queue=q, passive=True).method.message_count == 20
+    assert_count(ch, q, 20)
     conn.close()
 
 
@@ -177,7 +190,7 @@ def mandatory_return():
     assert wait_for(conn, lambda: returned), "no basic.return"
     drain(conn, 0.3)
     assert returned == [(312, "nowhere", b"lost")], returned
-    assert ch.queue_declare(queue=q, passive=True).method.message_count == 1
+    assert_count(ch, q, 1)
     # With confirms, pika raises UnroutableError for a returned mandatory message.
     ch2 = conn.channel()
     ch2.confirm_delivery()
@@ -196,6 +209,7 @@ def mandatory_return():
 def basic_get():
     conn = connect()
     ch = conn.channel()
+    ch.confirm_delivery()  # each publish returns once the message is enqueued
     q = ch.queue_declare(queue="", exclusive=True).method.queue
     assert ch.basic_get(q) == (None, None, None)
     for i in range(3):
@@ -253,7 +267,7 @@ def exclusive_queue_locked():
         expect_channel_error(405, lambda: other.channel().queue_delete(q))
         # The owner is unaffected.
         och.basic_publish("", q, b"mine")
-        assert och.queue_declare(queue=q, passive=True).method.message_count == 1
+        assert_count(och, q, 1)
     finally:
         owner.close()
     # Exclusive queues go away with their connection.
@@ -286,6 +300,7 @@ def channel_errors():
 def routing_topic_fanout():
     conn = connect()
     ch = conn.channel()
+    ch.confirm_delivery()  # each publish returns once the message is routed
     topic, fan = uniq("topic"), uniq("fanout")
     ch.exchange_declare(topic, "topic", auto_delete=True)
     ch.exchange_declare(fan, "fanout", auto_delete=True)

@@ -3,6 +3,7 @@
 # run against the broker at $AMQP_URL.
 #   suites/aio-pika.sh install   fetch the sdist and the pinned test deps (idempotent)
 #   suites/aio-pika.sh run       run it; prints an INTEROP-RESULT line
+#   suites/aio-pika.sh counts    partial counts of a killed run
 SUITE=aio-pika
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
@@ -46,7 +47,9 @@ run() {
   #   on a loaded machine.
   local pytest=(env PYTHONPATH="$LIB${PYTHONPATH:+:$PYTHONPATH}" AMQP_URL="$AMQP_URL"
     "$VENV_PY" -m pytest -p aiopika_broker -o cache_dir="$cache_dir" -o log_cli=false
-    -q -rfE --timeout=120)
+    -v -rfE --timeout=120)
+  # -v: one line per test in the log, so that a run killed by the driver's
+  # time limit (pytest under aiomisc ignores SIGINT) still has counts.
   "${pytest[@]}" tests --junitxml="$xml" "${args[@]}" >"$log" 2>&1 || rc=$?
   tail -n 30 "$log" >&2
   [[ -f "$xml" ]] || { log "pytest exited $rc without a JUnit report"; emit_counts 0 1 0 0; return; }
@@ -71,6 +74,14 @@ run() {
   # (interrupted, internal error, usage error) that junit may not show.
   (( rc > 1 )) && log "pytest exited $rc"
   emit_from "$("$PY" "$LIB/counts.py" junit "$xml")" "${desel:-0}" "$(( rc > 1 ))" "$retry_counts"
+}
+
+# Counts from a run that was killed (by the driver's time limit) before pytest
+# wrote its JUnit report: every test that finished, from the -v log.
+counts() {
+  local desel  # from "collected 1107 items / 138 deselected / 969 selected"
+  desel="$(grep -m1 -Eo '/ [0-9]+ deselected' "$RESULTS/aio-pika.log" | grep -Eo '[0-9]+' || echo 0)"
+  emit_from "$("$PY" "$LIB/counts.py" pytestlog "$RESULTS/aio-pika.log")" "$desel" 1
 }
 
 # One line, so that bash has read all of it before running it: editing this
