@@ -921,3 +921,40 @@ async fn alternate_exchange_cycle_is_broken() {
     assert_eq!(get_body(&ch, &q).await, Some(b"via alternate".to_vec()));
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn redeclare_compares_only_the_alternate_exchange_argument() {
+    use lapin::types::{AMQPValue, FieldTable};
+    let arg = |key: &str, value: AMQPValue| {
+        let mut t = FieldTable::default();
+        t.insert(key.into(), value);
+        t
+    };
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = channel(&conn).await;
+    let x = unique("x-args");
+    let declare = |args: FieldTable| {
+        ch.exchange_declare(
+            x.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            args,
+        )
+    };
+    declare(arg("x-foo", AMQPValue::LongInt(1))).await.unwrap();
+    // RabbitMQ compares no other argument of an exchange.
+    declare(arg("x-foo", AMQPValue::LongInt(2)))
+        .await
+        .expect("other arguments may differ");
+    assert_amqp_error(
+        declare(arg("alternate-exchange", AMQPValue::LongString("ae".into()))),
+        406,
+        &format!(
+            "PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for exchange '{x}' in vhost '/': received the value 'ae' of type 'longstr' but current is none"
+        ),
+    )
+    .await;
+    delete_exchange(&conn, &x).await;
+    broker.shutdown().await;
+}

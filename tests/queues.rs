@@ -767,3 +767,100 @@ async fn empty_queue_name_without_a_declared_queue_fails_with_404() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn redeclare_with_another_exclusive_flag_fails_with_405() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let locked = |q: &str| {
+        format!(
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{q}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+        )
+    };
+    // Short names: the text is near the 255-byte reply-text limit.
+    let short = |tag: &str| format!("{tag}-{}", std::process::id());
+    // Shared queue redeclared as exclusive by the same connection.
+    let ch = channel(&conn).await;
+    let q = short("sx");
+    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), no_args())
+        .await
+        .unwrap();
+    assert_amqp_error(
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::exclusive(),
+            no_args(),
+        ),
+        405,
+        &locked(&q),
+    )
+    .await;
+    delete_queue(&conn, &q).await;
+    // Exclusive queue redeclared as shared by its owner.
+    let ch = channel(&conn).await;
+    let q = short("xs");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::exclusive(),
+        no_args(),
+    )
+    .await
+    .unwrap();
+    assert_amqp_error(
+        ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), no_args()),
+        405,
+        &locked(&q),
+    )
+    .await;
+    broker.shutdown().await;
+}
+
+fn one_arg(key: &str, value: lapin::types::AMQPValue) -> lapin::types::FieldTable {
+    let mut t = lapin::types::FieldTable::default();
+    t.insert(key.into(), value);
+    t
+}
+
+#[tokio::test]
+async fn redeclare_compares_only_the_arguments_rabbitmq_knows() {
+    use lapin::types::AMQPValue;
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = channel(&conn).await;
+    let q = unique("args");
+    let opts = QueueDeclareOptions::default();
+    ch.queue_declare(
+        q.as_str().into(),
+        opts,
+        one_arg("x-foo", AMQPValue::LongInt(1)),
+    )
+    .await
+    .unwrap();
+    // RabbitMQ ignores arguments it does not know on a redeclare.
+    ch.queue_declare(
+        q.as_str().into(),
+        opts,
+        one_arg("x-foo", AMQPValue::LongInt(2)),
+    )
+    .await
+    .expect("an unknown argument may differ");
+    // An absent x-queue-type is the same as "classic".
+    ch.queue_declare(
+        q.as_str().into(),
+        opts,
+        one_arg("x-queue-type", AMQPValue::LongString("classic".into())),
+    )
+    .await
+    .expect("x-queue-type classic is the default");
+    // A known argument the queue lacks is named with its type.
+    assert_amqp_error(
+        ch.queue_declare(q.as_str().into(), opts, one_arg("x-message-ttl", AMQPValue::LongInt(100))),
+        406,
+        &format!(
+            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue '{q}' in vhost '/': received the value '100' of type 'signedint' but current is none"
+        ),
+    )
+    .await;
+    delete_queue(&conn, &q).await;
+    broker.shutdown().await;
+}

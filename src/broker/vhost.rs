@@ -221,7 +221,12 @@ impl VHost {
         if ex.internal != d.internal {
             return ineq("internal", &d.internal, &ex.internal);
         }
-        check_args_equivalent(&ex.arguments, &d.arguments, "exchange", &d.name, &self.name)
+        crate::queue::args::check_exchange_equivalent(
+            &ex.arguments,
+            &d.arguments,
+            &d.name,
+            &self.name,
+        )
     }
 
     /// `exchange.declare` with `passive`.
@@ -364,6 +369,9 @@ impl VHost {
         )
     }
 
+    /// A redeclare must match the existing queue: `exclusive` (405, RabbitMQ's
+    /// "exclusive property value does not match" lock text), `durable` and
+    /// `auto_delete` (406) and the arguments the queue's type takes.
     fn check_queue_equivalent(&self, q: &QueueHandle, d: &QueueDecl) -> AmqpResult<()> {
         let info = &q.info;
         let ineq = |arg: &str, received: bool, current: bool| {
@@ -371,19 +379,20 @@ impl VHost {
                 arg, "queue", &info.name, &self.name, received, current,
             ))
         };
+        // RabbitMQ's order: exclusive access (strict), durable, auto_delete, arguments.
+        if info.exclusive_owner.is_some() != d.exclusive {
+            return Err(AmqpError::exclusive_locked(&info.name, &self.name));
+        }
         if info.durable != d.durable {
             return ineq("durable", d.durable, info.durable);
-        }
-        if info.exclusive_owner.is_some() != d.exclusive {
-            return ineq("exclusive", d.exclusive, info.exclusive_owner.is_some());
         }
         if info.auto_delete != d.auto_delete {
             return ineq("auto_delete", d.auto_delete, info.auto_delete);
         }
-        check_args_equivalent(
+        crate::queue::args::check_equivalent(
             &info.arguments,
             &d.arguments,
-            "queue",
+            info.args.queue_type,
             &info.name,
             &self.name,
         )
@@ -790,77 +799,5 @@ fn new_exchange(
         internal,
         arguments,
         bindings: RwLock::new(Bindings::new(kind)),
-    }
-}
-
-/// Compares declaration arguments as RabbitMQ does for the ones it checks.
-fn check_args_equivalent(
-    current: &FieldTable,
-    received: &FieldTable,
-    kind: &str,
-    name: &str,
-    vhost: &str,
-) -> AmqpResult<()> {
-    for key in current.inner().keys().chain(received.inner().keys()) {
-        let key = key.as_str();
-        if !key.starts_with("x-") && key != "alternate-exchange" {
-            continue;
-        }
-        let (a, b) = (received.inner().get(key), current.inner().get(key));
-        if !values_equivalent(a, b) {
-            return Err(AmqpError::inequivalent_arg(
-                key,
-                kind,
-                name,
-                vhost,
-                DisplayValue(a),
-                DisplayValue(b),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn values_equivalent(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => match (as_i64(a), as_i64(b)) {
-            (Some(x), Some(y)) => x == y,
-            _ => a == b,
-        },
-        (None, None) => true,
-        _ => false,
-    }
-}
-
-fn as_i64(v: &AMQPValue) -> Option<i64> {
-    Some(match v {
-        AMQPValue::ShortShortInt(x) => *x as i64,
-        AMQPValue::ShortShortUInt(x) => *x as i64,
-        AMQPValue::ShortInt(x) => *x as i64,
-        AMQPValue::ShortUInt(x) => *x as i64,
-        AMQPValue::LongInt(x) => *x as i64,
-        AMQPValue::LongUInt(x) => *x as i64,
-        AMQPValue::LongLongInt(x) => *x,
-        _ => return None,
-    })
-}
-
-/// Formats an argument value the way RabbitMQ prints it in reply texts.
-struct DisplayValue<'a>(Option<&'a AMQPValue>);
-
-impl std::fmt::Display for DisplayValue<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            None => f.write_str("none"),
-            Some(v) => match v {
-                AMQPValue::LongString(s) => write!(f, "{}", String::from_utf8_lossy(s.as_bytes())),
-                AMQPValue::ShortString(s) => f.write_str(s.as_str()),
-                AMQPValue::Boolean(b) => write!(f, "{b}"),
-                other => match as_i64(other) {
-                    Some(i) => write!(f, "{i}"),
-                    None => write!(f, "{other:?}"),
-                },
-            },
-        }
     }
 }

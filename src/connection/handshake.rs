@@ -232,10 +232,14 @@ fn start_method(broker: &Broker) -> AMQPClass {
     }))
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
+/// This machine's name (read once per process, not per connection).
+fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into())
+    })
 }
 
 /// Minimal framed I/O used only during the handshake.

@@ -26,6 +26,7 @@
 
 use std::fmt::Write as _;
 
+use crate::queue::args::type_name;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 /// The `x-match` modes.
@@ -238,35 +239,12 @@ pub(super) fn validate_args(args: &FieldTable) -> Result<(), String> {
         }
         None => {
             let mut text = String::from("Invalid x-match field type ");
-            text.push_str(erl_type(value));
+            text.push_str(type_name(value));
             text.push_str(" (value ");
             erl_term(value, &mut text);
             text.push_str("); expected longstr");
             Err(text)
         }
-    }
-}
-
-/// RabbitMQ's name for the type of a decoded field value.
-fn erl_type(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
     }
 }
 
@@ -300,7 +278,7 @@ fn erl_term(v: &AMQPValue, out: &mut String) {
                 out.push('{');
                 erl_binary(k.as_str().as_bytes(), out);
                 out.push(',');
-                out.push_str(erl_type(v));
+                out.push_str(type_name(v));
                 out.push(',');
                 erl_term(v, out);
                 out.push('}');
@@ -314,7 +292,7 @@ fn erl_term(v: &AMQPValue, out: &mut String) {
                     out.push(',');
                 }
                 out.push('{');
-                out.push_str(erl_type(v));
+                out.push_str(type_name(v));
                 out.push(',');
                 erl_term(v, out);
                 out.push('}');

@@ -8,7 +8,6 @@
 //! vectored writes.
 
 use super::error::AmqpError;
-use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{basic::AMQPProperties, AMQPClass};
 use bytes::{Buf, Bytes, BytesMut};
 use nom::Parser;
@@ -381,9 +380,6 @@ fn finish_frame(out: &mut Vec<u8>, start: usize) {
     out[start + 3..start + 7].copy_from_slice(&size.to_be_bytes());
     out.push(FRAME_END);
 }
-
-/// Re-export so callers can build headers without importing amq-protocol's frame module.
-pub type AmqContentHeader = AMQPContentHeader;
 
 #[cfg(test)]
 mod tests {

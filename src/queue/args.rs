@@ -668,7 +668,46 @@ pub fn check_equivalent(
     queue: &str,
     vhost: &str,
 ) -> Result<(), AmqpError> {
-    for key in current_type.queue_arguments() {
+    check_keys_equivalent(
+        current,
+        new,
+        current_type.queue_arguments(),
+        "queue",
+        queue,
+        vhost,
+    )
+}
+
+/// Checks an exchange redeclare's arguments: RabbitMQ compares only
+/// `alternate-exchange` (any other argument may differ), with the same texts as
+/// [`check_equivalent`] (`... for exchange 'x' in vhost '/': ...`).
+pub fn check_exchange_equivalent(
+    current: &FieldTable,
+    new: &FieldTable,
+    exchange: &str,
+    vhost: &str,
+) -> Result<(), AmqpError> {
+    check_keys_equivalent(
+        current,
+        new,
+        &["alternate-exchange"],
+        "exchange",
+        exchange,
+        vhost,
+    )
+}
+
+/// `rabbit_misc:assert_args_equivalence/4` over `keys`, for a `kind` ("queue" or
+/// "exchange") named `name`.
+fn check_keys_equivalent(
+    current: &FieldTable,
+    new: &FieldTable,
+    keys: &[&str],
+    kind: &str,
+    name: &str,
+    vhost: &str,
+) -> Result<(), AmqpError> {
+    for key in keys {
         let (c, n) = (current.inner().get(*key), new.inner().get(*key));
         let same = match (c, n) {
             (None, None) => true,
@@ -696,7 +735,7 @@ pub fn check_equivalent(
                 }
             };
             let mut text = format!(
-                "inequivalent arg '{key}' for queue '{queue}' in vhost '{vhost}': received "
+                "inequivalent arg '{key}' for {kind} '{name}' in vhost '{vhost}': received "
             )
             .into_bytes();
             text.extend(describe(n));
