@@ -170,7 +170,7 @@ fn bench_queue_actor(c: &mut Criterion) {
                         None,
                         Vec::new(),
                     );
-                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                    let (tx, mut rx) = warrenmq::connection::inbox::inbox();
                     let shared = Arc::new(ConnShared::default());
                     let conn = ConnHandle {
                         id: 1,
@@ -196,21 +196,25 @@ fn bench_queue_actor(c: &mut Criterion) {
                             let shared = shared.clone();
                             async move {
                                 let mut got = 0;
+                                let mut events = Vec::new();
                                 while got < N {
-                                    match rx.recv().await.expect("queue alive") {
-                                        ConnEvent::Deliver(ds) => {
-                                            got += ds.len();
-                                            shared.delivered(ds.len());
-                                            if !no_ack {
-                                                let ids = ds.iter().map(|d| d.msg_id).collect();
-                                                queue.send_control(QueueCmd::Settle(
-                                                    1,
-                                                    ids,
-                                                    Settle::Ack,
-                                                ));
+                                    rx.recv_many(&mut events, 256).await;
+                                    for event in events.drain(..) {
+                                        match event {
+                                            ConnEvent::Deliver(ds) => {
+                                                got += ds.len();
+                                                shared.delivered(ds.len());
+                                                if !no_ack {
+                                                    let ids = ds.iter().map(|d| d.msg_id).collect();
+                                                    queue.send_control(QueueCmd::Settle(
+                                                        1,
+                                                        ids,
+                                                        Settle::Ack,
+                                                    ));
+                                                }
                                             }
+                                            other => panic!("unexpected {other:?}"),
                                         }
-                                        other => panic!("unexpected {other:?}"),
                                     }
                                 }
                                 rx

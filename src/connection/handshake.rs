@@ -86,7 +86,7 @@ async fn exchange(
     }
     let mut io = FrameIo {
         stream,
-        buf: BytesMut::with_capacity(8192),
+        buf: BytesMut::with_capacity(2048),
         frame_max: cfg.frame_max,
     };
     io.send(&start_method(broker)).await?;

@@ -8,6 +8,7 @@
 //! connection; soft errors close only the channel.
 
 pub mod handshake;
+pub mod inbox;
 pub mod writer;
 
 use crate::auth::UserStore;
@@ -25,7 +26,6 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 use writer::WriterHandle;
@@ -41,6 +41,8 @@ const CLIENT_EOF_TIMEOUT: Duration = Duration::from_secs(1);
 const FLOW_PAUSE_MAX: Duration = Duration::from_millis(50);
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
+/// The read size an idle or quiet connection starts with (RSS per idle connection).
+const READ_MIN: usize = 2 * 1024;
 
 /// Serves one accepted socket until it closes.
 pub async fn serve(
@@ -61,7 +63,10 @@ pub async fn serve(
     async move {
         let _ = stream.set_nodelay(true);
         let started = Instant::now();
-        let Some(neg) = handshake::run(&mut stream, peer, &broker, &users).await else {
+        // Boxed: the handshake's state would otherwise size this task for its
+        // whole life.
+        let handshake = Box::pin(handshake::run(&mut stream, peer, &broker, &users));
+        let Some(neg) = handshake.await else {
             return;
         };
         let span = tracing::Span::current();
@@ -71,7 +76,7 @@ pub async fn serve(
             name = neg.client_name.as_deref().unwrap_or(""),
             "connection opened"
         );
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let (events_tx, events) = inbox::inbox();
         let conn = ConnHandle {
             id,
             tx: events_tx,
@@ -99,6 +104,7 @@ pub async fn serve(
             closing: None,
             last_read: Instant::now(),
             last_write: Instant::now(),
+            read_size: READ_MIN,
         };
         let reason = c.run(shutdown).await;
         if reason == CLIENT_CLOSED {
@@ -121,18 +127,22 @@ pub async fn serve(
 
 struct Connection {
     ctx: ConnCtx,
-    channels: HashMap<u16, Channel>,
+    /// Open channels, boxed so that the map's buckets stay small (memory per idle connection).
+    channels: HashMap<u16, Box<Channel>>,
     by_key: HashMap<ChanKey, u16>,
     channel_max: u16,
     heartbeat: u16,
     read_half: OwnedReadHalf,
     buf: BytesMut,
-    events: mpsc::UnboundedReceiver<ConnEvent>,
+    events: inbox::Inbox<ConnEvent>,
     writer: WriterHandle,
     /// Set once we sent `connection.close`: the deadline for close-ok.
     closing: Option<Instant>,
     last_read: Instant,
     last_write: Instant,
+    /// How much room the next read gets: doubles while reads fill it, up to
+    /// `READ_CHUNK`, so idle connections keep small buffers and busy ones batch.
+    read_size: usize,
 }
 
 /// Whether the read loop goes on.
@@ -150,17 +160,23 @@ impl Connection {
             hb / 2
         });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut events = Vec::with_capacity(256);
+        let mut events = Vec::new();
         loop {
-            if let Flow::Stop(reason) = self.process_frames().await {
-                self.flush_out();
-                return reason;
+            // Boxed: frame handling is the largest state of this task, and
+            // keeping it out of the task keeps idle connections small (one
+            // allocation per read, not per frame).
+            if !self.buf.is_empty() {
+                if let Flow::Stop(reason) = Box::pin(self.process_frames()).await {
+                    self.flush_out();
+                    return reason;
+                }
             }
             self.ctx.flush().await;
             self.flush_out();
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
+            if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+                self.buf.reserve(self.read_size);
             }
+            let room = self.buf.capacity() - self.buf.len();
             let close_deadline = self.closing;
             let congested = self.ctx.congested.take();
             tokio::select! {
@@ -174,7 +190,12 @@ impl Connection {
                 _ = wait_drained(congested.as_ref()), if congested.is_some() => {}
                 read = self.read_half.read_buf(&mut self.buf), if congested.is_none() => match read {
                     Ok(0) => return "client closed the socket",
-                    Ok(_) => self.last_read = Instant::now(),
+                    Ok(n) => {
+                        self.last_read = Instant::now();
+                        if n == room {
+                            self.read_size = (self.read_size * 2).min(READ_CHUNK);
+                        }
+                    }
                     Err(e) => {
                         debug!(error = %e, "read failed");
                         return "socket error";
@@ -326,7 +347,8 @@ impl Connection {
         }
         let key = self.ctx.broker.ids.next();
         let limiter = Arc::new(ChannelLimiter::new(self.ctx.conn.shared.clone()));
-        self.channels.insert(ch, Channel::new(ch, key, limiter));
+        self.channels
+            .insert(ch, Box::new(Channel::new(ch, key, limiter)));
         self.by_key.insert(key, ch);
         self.ctx.send_method(
             ch,

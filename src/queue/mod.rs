@@ -120,7 +120,7 @@ pub struct ConnHandle {
     /// Connection id (unique per broker run).
     pub id: u64,
     /// Event inbox of the connection task.
-    pub tx: mpsc::UnboundedSender<ConnEvent>,
+    pub tx: crate::connection::inbox::InboxSender<ConnEvent>,
     /// Counters shared with the connection for backpressure.
     pub shared: Arc<ConnShared>,
 }
