@@ -56,6 +56,9 @@ pub const PACK_LIMIT: usize = 512;
 /// Most messages routed in one go before the scheduler looks at its inbox again.
 const FIRE_BATCH: usize = 4096;
 
+/// How long a stopping scheduler waits for queues to confirm what it routed.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The underlying exchange type of an `x-delayed-message` exchange, checked as
 /// the plugin's `validate/1` does.
 pub fn delayed_kind(args: &FieldTable) -> AmqpResult<ExchangeKind> {
@@ -346,6 +349,15 @@ struct Scheduler {
 
 type Confirms = Vec<(mpsc::UnboundedSender<ConnEvent>, Vec<ConfirmTag>)>;
 
+/// What the scheduler does after a batch of commands.
+enum Next {
+    Continue,
+    /// Broker shutdown: reply once in-flight messages are settled.
+    Stop(oneshot::Sender<()>),
+    /// Exchange deleted.
+    End,
+}
+
 impl Scheduler {
     async fn run(
         mut self,
@@ -362,8 +374,14 @@ impl Scheduler {
                     if n == 0 {
                         return;
                     }
-                    if !self.handle(&mut cmds) {
-                        return;
+                    match self.handle(&mut cmds) {
+                        Next::Continue => {}
+                        Next::End => return,
+                        Next::Stop(reply) => {
+                            self.drain_inflight(&mut events).await;
+                            let _ = reply.send(());
+                            return;
+                        }
                     }
                 }
                 Some(ev) = events.recv() => self.confirmed(ev),
@@ -376,12 +394,25 @@ impl Scheduler {
         }
     }
 
-    /// Applies commands; false once the scheduler must end.
-    fn handle(&mut self, cmds: &mut Vec<Cmd>) -> bool {
+    /// A clean stop: waits (a bounded time) for the queues to confirm the
+    /// messages already handed to them, so that they leave the log and are not
+    /// routed a second time after the restart.
+    async fn drain_inflight(&mut self, events: &mut mpsc::UnboundedReceiver<ConnEvent>) {
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while !self.inflight.is_empty() {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(ev)) => self.confirmed(ev),
+                _ => return,
+            }
+        }
+    }
+
+    /// Applies commands.
+    fn handle(&mut self, cmds: &mut Vec<Cmd>) -> Next {
         let now = now_ms();
         let mut stored = Vec::new();
         let mut confirms: Confirms = Vec::new();
-        let mut keep_going = true;
+        let mut next = Next::Continue;
         for cmd in cmds.drain(..) {
             match cmd {
                 Cmd::Delay {
@@ -420,8 +451,7 @@ impl Scheduler {
                 }
                 Cmd::Start => self.started = true,
                 Cmd::Stop(reply) => {
-                    let _ = reply.send(());
-                    keep_going = false;
+                    next = Next::Stop(reply);
                     break;
                 }
                 Cmd::Delete => {
@@ -429,7 +459,7 @@ impl Scheduler {
                         store.delete_queue(key);
                     }
                     self.heap.clear();
-                    return false;
+                    return Next::End;
                 }
             }
         }
@@ -446,7 +476,7 @@ impl Scheduler {
             });
             store.append(key, stored, done);
         }
-        keep_going
+        next
     }
 
     /// Queues accepted (or refused) fired messages: a stored message leaves the

@@ -292,13 +292,13 @@ impl VHost {
         }
         // RabbitMQ compares only `alternate-exchange` for exchanges (other
         // arguments, `x-delayed-type` included, may differ on a redeclare).
-        check_args_equivalent(
+        crate::queue::args::check_keys_equivalent(
             &ex.arguments,
             &d.arguments,
+            &["alternate-exchange"],
             "exchange",
             &d.name,
             &self.name,
-            |key| key == "alternate-exchange",
         )
     }
 
@@ -467,7 +467,6 @@ impl VHost {
             "queue",
             &info.name,
             &self.name,
-            |key| key.starts_with("x-"),
         )
     }
 
@@ -1021,11 +1020,10 @@ fn check_args_equivalent(
     kind: &str,
     name: &str,
     vhost: &str,
-    compared: impl Fn(&str) -> bool,
 ) -> AmqpResult<()> {
     for key in current.inner().keys().chain(received.inner().keys()) {
         let key = key.as_str();
-        if !compared(key) {
+        if !key.starts_with("x-") && key != "alternate-exchange" {
             continue;
         }
         let (a, b) = (received.inner().get(key), current.inner().get(key));

@@ -729,7 +729,27 @@ pub fn check_equivalent(
     queue: &str,
     vhost: &str,
 ) -> Result<(), AmqpError> {
-    for key in current_type.queue_arguments() {
+    check_keys_equivalent(
+        current,
+        new,
+        current_type.queue_arguments(),
+        "queue",
+        queue,
+        vhost,
+    )
+}
+
+/// [`check_equivalent`] for the arguments `keys` of a `kind` (`"queue"`,
+/// `"exchange"`: RabbitMQ compares only `alternate-exchange` for exchanges).
+pub fn check_keys_equivalent(
+    current: &FieldTable,
+    new: &FieldTable,
+    keys: &[&str],
+    kind: &str,
+    queue: &str,
+    vhost: &str,
+) -> Result<(), AmqpError> {
+    for key in keys {
         let (c, n) = (current.inner().get(*key), new.inner().get(*key));
         let same = match (c, n) {
             (None, None) => true,
@@ -757,7 +777,7 @@ pub fn check_equivalent(
                 }
             };
             let mut text = format!(
-                "inequivalent arg '{key}' for queue '{queue}' in vhost '{vhost}': received "
+                "inequivalent arg '{key}' for {kind} '{queue}' in vhost '{vhost}': received "
             )
             .into_bytes();
             text.extend(describe(n));
