@@ -583,12 +583,7 @@ impl Scheduler {
                     .map(|k| k.into_owned()),
             );
         }
-        let mut kept: std::collections::BTreeMap<_, _> = headers
-            .inner()
-            .iter()
-            .filter(|(k, _)| k.as_str() != "BCC")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut kept = sender_selected::without_bcc(headers);
         if let Some(delay) = delay_of(Some(headers)) {
             let back = -(delay as i64);
             let v = i32::try_from(back).map_or(AMQPValue::LongLongInt(back), AMQPValue::LongInt);

@@ -15,7 +15,7 @@
 use crate::message::Message;
 use crate::protocol::{AmqpError, AmqpResult};
 use amq_protocol::protocol::basic::AMQPProperties;
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -69,16 +69,21 @@ pub fn extra_keys(headers: &FieldTable) -> Vec<Cow<'_, str>> {
 pub fn strip_bcc(msg: &Arc<Message>) -> Arc<Message> {
     match msg.headers() {
         Some(h) if h.contains_key("BCC") => {
-            let kept: std::collections::BTreeMap<_, _> = h
-                .inner()
-                .iter()
-                .filter(|(k, _)| k.as_str() != "BCC")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            msg.with_properties(msg.properties.clone().with_headers(FieldTable::from(kept)))
+            let kept = FieldTable::from(without_bcc(h));
+            msg.with_properties(msg.properties.clone().with_headers(kept))
         }
         _ => msg.clone(),
     }
+}
+
+/// A copy of `headers` without `BCC`.
+pub fn without_bcc(headers: &FieldTable) -> std::collections::BTreeMap<ShortString, AMQPValue> {
+    headers
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "BCC")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[cfg(test)]
