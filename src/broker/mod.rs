@@ -2,6 +2,8 @@
 //! registry. Shared by every connection as `Arc<Broker>`.
 
 pub mod definitions;
+pub mod delayed;
+pub mod sender_selected;
 pub mod vhost;
 
 use crate::config::Config;

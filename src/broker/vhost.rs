@@ -6,15 +6,18 @@
 //! `.await` (the queue-actor round trips happen outside the critical sections).
 
 use super::definitions::{self, BindingDef, ExchangeDef, QueueDef, VhostDefinitions};
-use super::{Ids, Storage};
+use super::delayed::{self, DelayedHandle, DELAYED_TYPE};
+use super::{sender_selected, Ids, Storage};
 use crate::exchange::{Bindings, ExchangeKind};
+use crate::message::Message;
 use crate::protocol::{AmqpError, AmqpResult};
 use crate::queue::actor::QueueStore;
-use crate::queue::args::QueueArgs;
-use crate::queue::{actor, QueueCmd, QueueHandle, QueueInfo};
+use crate::queue::args::{ExchangeArgs, QueueArgs};
+use crate::queue::dedup::{self, DedupCache, Verdict};
+use crate::queue::{actor, ConfirmTag, ConnHandle, QueueCmd, QueueHandle, QueueInfo};
 use crate::store::StoredMessage;
 use amq_protocol::types::{AMQPValue, FieldTable};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
@@ -32,7 +35,7 @@ pub enum Destination {
 pub struct Exchange {
     /// Name ("" is the default exchange).
     pub name: Arc<str>,
-    /// Type.
+    /// How its bindings route (for `x-delayed-message`, its `x-delayed-type`).
     pub kind: ExchangeKind,
     /// Survives restarts.
     pub durable: bool,
@@ -44,6 +47,30 @@ pub struct Exchange {
     pub arguments: FieldTable,
     /// Bindings with this exchange as the source.
     pub bindings: RwLock<Bindings<Destination>>,
+    /// Type `x-delayed-message`: the scheduler holding its delayed messages.
+    pub delayed: Option<DelayedHandle>,
+    /// `x-message-deduplication`: the keys seen (a lock of its own, taken only
+    /// by publishes to this exchange).
+    pub dedup: Option<Mutex<DedupCache>>,
+}
+
+impl Exchange {
+    /// The type name as declared (`x-delayed-message` for delayed exchanges).
+    pub fn type_name(&self) -> &'static str {
+        match self.delayed {
+            Some(_) => DELAYED_TYPE,
+            None => self.kind.as_str(),
+        }
+    }
+}
+
+/// What [`VHost::publish`] did with a message.
+#[derive(Debug)]
+pub struct Published {
+    /// The message as enqueued (without its `BCC` header).
+    pub msg: Arc<Message>,
+    /// A delayed exchange holds it and will send the publisher's confirm itself.
+    pub held: bool,
 }
 
 /// Parameters of `exchange.declare`.
@@ -154,11 +181,15 @@ impl VHost {
         if d.name.is_empty() {
             return Err(AmqpError::access_refused(DEFAULT_EXCHANGE_DENIED));
         }
-        let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
-            AmqpError::command_invalid(format_args!("unknown exchange type '{}'", d.kind))
-        })?;
+        let builtin = ExchangeKind::parse(&d.kind);
+        if builtin.is_none() && d.kind != DELAYED_TYPE {
+            return Err(AmqpError::command_invalid(format_args!(
+                "unknown exchange type '{}'",
+                d.kind
+            )));
+        }
         if let Some(existing) = self.exchange(&d.name) {
-            return self.check_exchange_equivalent(&existing, kind, d);
+            return self.check_exchange_equivalent(&existing, d);
         }
         if d.name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format_args!(
@@ -174,20 +205,19 @@ impl VHost {
                 )));
             }
         }
+        // The exchange type's own validation (the delayed plugin's `validate/1`).
+        let kind = match builtin {
+            Some(kind) => kind,
+            None => delayed::delayed_kind(&d.arguments)?,
+        };
+        let ext = ExchangeArgs::parse(&d.arguments, &d.name, &self.name)?;
         let mut exchanges = self.exchanges.write();
         // Another connection may have declared it since the read above.
         if let Some(existing) = exchanges.get(d.name.as_str()).cloned() {
             drop(exchanges);
-            return self.check_exchange_equivalent(&existing, kind, d);
+            return self.check_exchange_equivalent(&existing, d);
         }
-        let ex = new_exchange(
-            &d.name,
-            kind,
-            d.durable,
-            d.auto_delete,
-            d.internal,
-            d.arguments.clone(),
-        );
+        let ex = self.build_exchange(d, kind, &ext, None);
         let durable = ex.durable;
         exchanges.insert(ex.name.clone(), Arc::new(ex));
         drop(exchanges);
@@ -197,20 +227,59 @@ impl VHost {
         Ok(())
     }
 
-    fn check_exchange_equivalent(
+    /// A new exchange with its extensions: the scheduler of a delayed exchange
+    /// (holding `recovered` messages until [`DelayedHandle::start`] when given)
+    /// and the deduplication cache.
+    fn build_exchange(
         &self,
-        ex: &Exchange,
-        kind: ExchangeKind,
         d: &ExchangeDecl,
-    ) -> AmqpResult<()> {
+        kind: ExchangeKind,
+        ext: &ExchangeArgs,
+        recovered: Option<Vec<StoredMessage>>,
+    ) -> Exchange {
+        let mut ex = new_exchange(
+            &d.name,
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments.clone(),
+        );
+        if d.kind == DELAYED_TYPE {
+            let store = match (&self.storage, d.durable) {
+                (Some(storage), true) => Some((
+                    storage.store.clone(),
+                    delayed::delayed_key(&self.name, &d.name),
+                )),
+                _ => None,
+            };
+            ex.delayed = Some(delayed::spawn(delayed::SchedulerSpec {
+                id: self.ids.next(),
+                exchange: ex.name.clone(),
+                vhost: self.me.clone(),
+                store,
+                started: recovered.is_none(),
+                recovered: recovered.unwrap_or_default(),
+            }));
+        }
+        ex.dedup = ext.dedup.as_ref().map(|args| {
+            Mutex::new(DedupCache::new(
+                args,
+                Some(dedup::DEFAULT_EXCHANGE_CACHE_SIZE),
+            ))
+        });
+        ex
+    }
+
+    fn check_exchange_equivalent(&self, ex: &Exchange, d: &ExchangeDecl) -> AmqpResult<()> {
         let ineq =
             |arg: &str, received: &dyn std::fmt::Display, current: &dyn std::fmt::Display| {
                 Err(AmqpError::inequivalent_arg(
                     arg, "exchange", &d.name, &self.name, received, current,
                 ))
             };
-        if ex.kind != kind {
-            return ineq("type", &kind.as_str(), &ex.kind.as_str());
+        if ex.type_name() != d.kind {
+            return ineq("type", &d.kind, &ex.type_name());
         }
         if ex.durable != d.durable {
             return ineq("durable", &d.durable, &ex.durable);
@@ -221,9 +290,13 @@ impl VHost {
         if ex.internal != d.internal {
             return ineq("internal", &d.internal, &ex.internal);
         }
-        crate::queue::args::check_exchange_equivalent(
+        // RabbitMQ compares only `alternate-exchange` for exchanges (other
+        // arguments, `x-delayed-type` included, may differ on a redeclare).
+        crate::queue::args::check_keys_equivalent(
             &ex.arguments,
             &d.arguments,
+            &["alternate-exchange"],
+            "exchange",
             &d.name,
             &self.name,
         )
@@ -268,6 +341,9 @@ impl VHost {
         let Some(ex) = self.exchanges.write().remove(name) else {
             return;
         };
+        if let Some(delayed) = &ex.delayed {
+            delayed.delete();
+        }
         self.remove_destination(&Destination::Exchange(name.into()));
         if ex.durable {
             self.persist();
@@ -574,7 +650,7 @@ impl VHost {
             if ex.durable && !ex.name.is_empty() && !ex.name.starts_with("amq.") {
                 defs.exchanges.push(ExchangeDef {
                     name: ex.name.to_string(),
-                    kind: ex.kind.as_str().into(),
+                    kind: ex.type_name().into(),
                     auto_delete: ex.auto_delete,
                     internal: ex.internal,
                     arguments: ex.arguments.clone(),
@@ -635,18 +711,33 @@ impl VHost {
     ) -> (usize, usize) {
         let mut messages = 0;
         for ex in &defs.exchanges {
-            let Some(kind) = ExchangeKind::parse(&ex.kind) else {
+            let decl = ExchangeDecl {
+                name: ex.name.clone(),
+                kind: ex.kind.clone(),
+                durable: true,
+                auto_delete: ex.auto_delete,
+                internal: ex.internal,
+                arguments: ex.arguments.clone(),
+            };
+            let kind = match ExchangeKind::parse(&ex.kind) {
+                None if ex.kind == DELAYED_TYPE => delayed::delayed_kind(&ex.arguments).ok(),
+                kind => kind,
+            };
+            let Some(kind) = kind else {
                 tracing::warn!(exchange = %ex.name, kind = %ex.kind, "skipping exchange of unknown type");
                 continue;
             };
-            let e = new_exchange(
-                &ex.name,
-                kind,
-                true,
-                ex.auto_delete,
-                ex.internal,
-                ex.arguments.clone(),
-            );
+            let ext = ExchangeArgs::parse(&ex.arguments, &ex.name, &self.name).unwrap_or_else(|e| {
+                tracing::warn!(exchange = %ex.name, error = %e.text, "ignoring invalid exchange arguments");
+                ExchangeArgs::default()
+            });
+            let held = (ex.kind == DELAYED_TYPE).then(|| {
+                recovered
+                    .remove(&delayed::delayed_key(&self.name, &ex.name))
+                    .unwrap_or_default()
+            });
+            messages += held.as_ref().map_or(0, Vec::len);
+            let e = self.build_exchange(&decl, kind, &ext, held);
             self.exchanges.write().insert(e.name.clone(), Arc::new(e));
         }
         for q in &defs.queues {
@@ -683,7 +774,22 @@ impl VHost {
                 ex.bindings.write().bind(dest, &b.routing_key, &b.arguments);
             }
         }
+        // Bindings are back: delayed messages that fell due meanwhile may go.
+        for ex in self.exchanges() {
+            if let Some(delayed) = &ex.delayed {
+                delayed.start();
+            }
+        }
         (defs.queues.len(), messages)
+    }
+
+    /// Stops the schedulers of delayed exchanges (broker shutdown; their logs stay).
+    pub async fn stop_delayed(&self) {
+        for ex in self.exchanges() {
+            if let Some(delayed) = &ex.delayed {
+                delayed.stop().await;
+            }
+        }
     }
 
     /// Routes a message through `ex` (following exchange-to-exchange bindings and
@@ -695,8 +801,90 @@ impl VHost {
         headers: Option<&FieldTable>,
         out: &mut Vec<QueueHandle>,
     ) {
+        self.route_keys(ex, &[routing_key], headers, out);
+    }
+
+    /// [`VHost::route`] with several routing keys (the routing key plus the
+    /// `CC`/`BCC` keys) as one decision: the alternate exchange is tried only if
+    /// no key routed anywhere.
+    pub fn route_keys(
+        &self,
+        ex: &Exchange,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+        out: &mut Vec<QueueHandle>,
+    ) {
         let mut visited: Vec<Arc<str>> = Vec::new();
-        self.route_from(ex, routing_key, headers, out, &mut visited);
+        self.route_from(ex, keys, headers, out, &mut visited);
+    }
+
+    /// A client publish to `ex`: exchange deduplication, sender-selected
+    /// distribution (`CC`/`BCC`), delayed messages, then routing into `out`.
+    ///
+    /// `confirm` is the publisher's, for a delayed exchange that confirms once
+    /// its log is on disk ([`Published::held`]). A duplicate routes nowhere.
+    pub fn publish(
+        &self,
+        ex: &Exchange,
+        msg: Arc<Message>,
+        confirm: Option<(&ConnHandle, ConfirmTag)>,
+        out: &mut Vec<QueueHandle>,
+    ) -> Published {
+        if let Some(cache) = &ex.dedup {
+            let verdict = cache.lock().check(msg.headers(), std::time::Instant::now());
+            if verdict == Verdict::Duplicate {
+                return Published { msg, held: false };
+            }
+        }
+        if !sender_selected::has_routing_headers(msg.headers()) {
+            let keys = [&*msg.routing_key];
+            let held = self.hold_delayed(ex, &msg, &keys, msg.headers(), confirm, out);
+            if held.is_none() {
+                self.route_keys(ex, &keys, msg.headers(), out);
+            }
+            let held = held.unwrap_or(false);
+            return Published { msg, held };
+        }
+        let stripped = sender_selected::strip_bcc(&msg);
+        let extra = sender_selected::extra_keys(msg.headers().expect("has routing headers"));
+        let mut keys: Vec<&str> = Vec::with_capacity(1 + extra.len());
+        keys.push(&msg.routing_key);
+        keys.extend(extra.iter().map(|k| &**k));
+        let headers = stripped.headers();
+        let held = self.hold_delayed(ex, &msg, &keys, headers, confirm, out);
+        if held.is_none() {
+            self.route_keys(ex, &keys, headers, out);
+        }
+        Published {
+            held: held.unwrap_or(false),
+            msg: stripped,
+        }
+    }
+
+    /// A message with a positive `x-delay` published to a delayed exchange: the
+    /// scheduler takes it (unchanged: `BCC` is stripped when it is routed) and,
+    /// as the plugin's exchange routes it nowhere now, it goes to the alternate
+    /// exchange at once. `None` if it is not delayed; else whether the scheduler
+    /// sends the publisher's confirm.
+    fn hold_delayed(
+        &self,
+        ex: &Exchange,
+        msg: &Arc<Message>,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+        confirm: Option<(&ConnHandle, ConfirmTag)>,
+        out: &mut Vec<QueueHandle>,
+    ) -> Option<bool> {
+        let scheduler = ex.delayed.as_ref()?;
+        let delay = delayed::delay_of(msg.headers())?;
+        let held = scheduler.delay(msg.clone(), delay, confirm);
+        if let Some(alt) = alternate_exchange(&ex.arguments) {
+            if let Some(alt_ex) = self.exchange(&alt).filter(|a| a.name != ex.name) {
+                let mut visited = vec![ex.name.clone()];
+                self.route_from(&alt_ex, keys, headers, out, &mut visited);
+            }
+        }
+        Some(held)
     }
 
     /// One routing step; `visited` spans the whole walk, alternate exchanges
@@ -704,20 +892,24 @@ impl VHost {
     fn route_from(
         &self,
         ex: &Exchange,
-        routing_key: &str,
+        keys: &[&str],
         headers: Option<&FieldTable>,
         out: &mut Vec<QueueHandle>,
         visited: &mut Vec<Arc<str>>,
     ) {
         if ex.name.is_empty() {
-            if let Some(q) = self.queue(routing_key) {
-                out.push(q);
+            for key in keys {
+                if let Some(q) = self.queue(key) {
+                    if !out.iter().any(|o| o.id == q.id) {
+                        out.push(q);
+                    }
+                }
             }
             return;
         }
         visited.push(ex.name.clone());
         let mut dests: Vec<Destination> = Vec::new();
-        ex.bindings.read().route(routing_key, headers, &mut dests);
+        route_table(ex, keys, headers, &mut dests);
         let mut i = 0;
         while i < dests.len() {
             if let Destination::Exchange(name) = &dests[i] {
@@ -725,7 +917,7 @@ impl VHost {
                     visited.push(name.clone());
                     if let Some(next) = self.exchange(name) {
                         let mut more = Vec::new();
-                        next.bindings.read().route(routing_key, headers, &mut more);
+                        route_table(&next, keys, headers, &mut more);
                         dests.extend(more);
                     }
                 }
@@ -753,7 +945,28 @@ impl VHost {
                 return;
             }
             if let Some(alt_ex) = self.exchange(&alt) {
-                self.route_from(&alt_ex, routing_key, headers, out, visited);
+                self.route_from(&alt_ex, keys, headers, out, visited);
+            }
+        }
+    }
+}
+
+/// Matches one exchange's bindings for every routing key (once for fanout and
+/// headers exchanges, which ignore the key).
+fn route_table(
+    ex: &Exchange,
+    keys: &[&str],
+    headers: Option<&FieldTable>,
+    out: &mut Vec<Destination>,
+) {
+    let bindings = ex.bindings.read();
+    match ex.kind {
+        ExchangeKind::Fanout | ExchangeKind::Headers => {
+            bindings.route(keys.first().copied().unwrap_or(""), headers, out)
+        }
+        ExchangeKind::Direct | ExchangeKind::Topic => {
+            for key in keys {
+                bindings.route(key, headers, out);
             }
         }
     }
@@ -799,5 +1012,7 @@ fn new_exchange(
         internal,
         arguments,
         bindings: RwLock::new(Bindings::new(kind)),
+        delayed: None,
+        dedup: None,
     }
 }

@@ -64,6 +64,7 @@ impl Channel {
             }
         }
         crate::queue::args::message_expiration(&header.properties)?;
+        crate::broker::sender_selected::check_headers(&header.properties)?;
         let reply_to = header.properties.reply_to().as_ref().map(|r| r.as_str());
         if reply_to == Some(REPLY_TO_QUEUE) && self.reply_key.is_none() {
             return Err(AmqpError::precondition(
@@ -101,7 +102,7 @@ impl Channel {
                 .with_reply_to(format!("{REPLY_TO_QUEUE}.{key}").into());
             header = crate::protocol::codec::content_header(header.body_size, props);
         }
-        let msg = Message::new(exchange, routing_key, header, body);
+        let mut msg = Message::new(exchange, routing_key, header, body);
         let seq = self.confirms.as_mut().map(|c| c.next_seq());
         let confirm = seq.map(|seq| ConfirmTag {
             chan_key: self.key,
@@ -109,12 +110,16 @@ impl Channel {
         });
 
         let mut routed = 0u32;
+        // A delayed exchange confirms this publish itself, once its log is on disk.
+        let mut held = false;
         if exchange.is_empty() && routing_key.starts_with(REPLY_TO_QUEUE) {
             routed = self.publish_reply(ctx, routing_key, &msg);
         } else if let Some(ex) = ctx.vhost.exchange(exchange) {
             let mut targets = std::mem::take(&mut ctx.route_buf);
-            ctx.vhost
-                .route(&ex, routing_key, msg.headers(), &mut targets);
+            let published =
+                ctx.vhost
+                    .publish(&ex, msg, confirm.map(|tag| (&ctx.conn, tag)), &mut targets);
+            (msg, held) = (published.msg, published.held);
             routed = targets.len() as u32;
             for q in targets.drain(..) {
                 ctx.enqueue(&q, msg.clone(), confirm);
@@ -136,8 +141,9 @@ impl Channel {
         }
         if let (Some(c), Some(seq)) = (self.confirms.as_mut(), seq) {
             let direct = exchange.is_empty() && routing_key.starts_with(REPLY_TO_QUEUE);
-            c.expect(seq, if direct { 0 } else { routed });
-            if routed == 0 || direct {
+            let waits_for = if direct { 0 } else { routed + held as u32 };
+            c.expect(seq, waits_for);
+            if waits_for == 0 {
                 c.flush(self.id, ctx);
             }
         }

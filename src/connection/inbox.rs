@@ -56,6 +56,11 @@ pub fn inbox<T>() -> (InboxSender<T>, Inbox<T>) {
 }
 
 impl<T> InboxSender<T> {
+    /// Whether both senders feed the same inbox.
+    pub fn same_channel(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Queues `event`; gives it back if the receiver is gone.
     pub fn send(&self, event: T) -> Result<(), SendError<T>> {
         match self.shared.queue.lock().as_mut() {
@@ -86,6 +91,20 @@ impl<T> Inbox<T> {
                         out.extend(queue.drain(..n));
                     }
                     return n;
+                }
+            }
+            self.shared.ready.notified().await;
+        }
+    }
+}
+
+impl<T> Inbox<T> {
+    /// Waits for the next event (cancel-safe, like [`Inbox::recv_many`]).
+    pub async fn recv(&mut self) -> T {
+        loop {
+            if let Some(queue) = self.shared.queue.lock().as_mut() {
+                if !queue.is_empty() {
+                    return queue.remove(0);
                 }
             }
             self.shared.ready.notified().await;

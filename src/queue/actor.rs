@@ -84,6 +84,8 @@ struct Queue {
     vhost: Weak<VHost>,
     /// Body bytes of the ready messages (for `x-max-length-bytes`).
     ready_bytes: u64,
+    /// `x-message-deduplication`: keys of the messages in the queue (and within the TTL).
+    dedup: Option<super::dedup::DedupCache>,
 }
 
 /// Starts a queue task and returns its handle. A durable queue gets its store
@@ -126,6 +128,7 @@ pub fn spawn(
         }
     }
     let ready_bytes = ready.iter().map(|e: &Entry| e.msg.body_size()).sum();
+    let dedup = super::dedup::for_queue(&handle.info.args, ready.iter().map(|e| (e.id, &*e.msg)));
     let queue = Queue {
         me: handle.clone(),
         ready_bytes,
@@ -138,6 +141,7 @@ pub fn spawn(
         on_auto_delete: Some(on_auto_delete),
         store,
         vhost,
+        dedup,
     };
     tokio::spawn(queue.run(rx, ctl_rx).instrument(span));
     handle
@@ -304,6 +308,11 @@ impl Queue {
         let mut refused = Vec::new();
         let mut dropped = Vec::new();
         for (msg, confirm) in items {
+            if self.is_duplicate(&msg) {
+                // Dropped, and confirmed like an accepted message.
+                confirms.extend(confirm);
+                continue;
+            }
             if self.would_overflow(&msg) {
                 match self.me.info.args.overflow {
                     Overflow::DropHead => {
@@ -390,6 +399,22 @@ impl Queue {
             }
         }
         self.discard(dropped, Reason::Maxlen);
+    }
+
+    /// `x-message-deduplication`: whether a message with `msg`'s key is still in
+    /// the queue (or was published within the cache TTL). Remembers the key of a
+    /// message that is not, under the id it is about to get.
+    fn is_duplicate(&mut self, msg: &Message) -> bool {
+        let Some(dedup) = self.dedup.as_mut() else {
+            return false;
+        };
+        let (ready, unacked) = (&self.ready, &self.unacked);
+        let holds = |id: u64| {
+            unacked.contains_key(&id) || ready.binary_search_by_key(&id, |e| e.id).is_ok()
+        };
+        let now = std::time::Instant::now();
+        let verdict = dedup.check_owned(msg.headers(), now, Some(self.next_id), holds);
+        verdict == super::dedup::Verdict::Duplicate
     }
 
     /// Whether enqueueing `msg` would break `x-max-length` / `x-max-length-bytes`.
@@ -485,10 +510,8 @@ impl Queue {
                 body: msg.body.clone(),
             });
             targets.clear();
-            for key in &keys {
-                vhost.route(&exchange, key, dead.headers(), &mut targets);
-            }
-            targets.dedup_by_key(|q| q.id);
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            vhost.route_keys(&exchange, &keys, dead.headers(), &mut targets);
             for q in targets.drain(..) {
                 if dead_letter::is_cycle(&dead.properties, &q.info.name, reason) {
                     continue;

@@ -33,6 +33,7 @@
 //!
 //! Pure functions: no I/O, no broker state.
 
+use super::dedup::DedupArgs;
 use crate::protocol::error::cap_reply_text;
 use crate::protocol::{AmqpError, ReplyCode};
 use amq_protocol::protocol::basic::AMQPProperties;
@@ -223,6 +224,8 @@ pub struct ConsumerArgs {
 
 /// Where a value error is reported.
 struct Ctx<'a> {
+    /// `"queue"` or `"exchange"`.
+    kind: &'a str,
     queue: &'a str,
     vhost: &'a str,
 }
@@ -231,8 +234,8 @@ impl Ctx<'_> {
     /// `invalid arg 'k' for queue 'q' in vhost 'v': <term>` (`~255p`).
     fn invalid(&self, key: &str, term: erl::Term) -> AmqpError {
         let prefix = format!(
-            "invalid arg '{key}' for queue '{}' in vhost '{}': ",
-            self.queue, self.vhost
+            "invalid arg '{key}' for {} '{}' in vhost '{}': ",
+            self.kind, self.queue, self.vhost
         );
         let detail = erl::pretty(&term, erl::column_after(prefix.as_bytes()), 255);
         precondition(prefix.into_bytes().into_iter().chain(detail))
@@ -377,6 +380,73 @@ fn quoted(prefix: &str, s: &[u8]) -> erl::Term {
     erl::Term::Chars(chars)
 }
 
+/// The deduplication arguments (`x-message-deduplication`, `x-cache-size`,
+/// `x-cache-ttl`, `x-deduplication-header`), checked whether or not deduplication
+/// is on: returns whether it is on, and the rest.
+fn parse_dedup(args: &FieldTable, ctx: &Ctx<'_>) -> Result<(bool, DedupArgs), AmqpError> {
+    let get = |k: &str| args.inner().get(k);
+    let mut enabled = false;
+    let mut out = DedupArgs::default();
+    let check = |key: &str, f: &mut dyn FnMut(&AMQPValue) -> Result<(), erl::Term>| match get(key) {
+        Some(v) => f(v).map_err(|t| ctx.invalid(key, t)),
+        None => Ok(()),
+    };
+    check("x-message-deduplication", &mut |v| {
+        enabled = match str_value(v) {
+            Some(s) if s.eq_ignore_ascii_case(b"true") => true,
+            Some(s) if s.eq_ignore_ascii_case(b"false") => false,
+            _ => check_bool(v)?,
+        };
+        Ok(())
+    })?;
+    check("x-cache-size", &mut |v| {
+        let n = check_non_neg(v)?;
+        out.cache_size = Some(u32::try_from(n).unwrap_or(u32::MAX));
+        Ok(())
+    })?;
+    check("x-cache-ttl", &mut |v| {
+        out.cache_ttl = Some(check_non_neg(v)?);
+        Ok(())
+    })?;
+    check("x-deduplication-header", &mut |v| {
+        let s = str_value(v).ok_or_else(|| unacceptable_type(v))?;
+        out.header = Some(utf8(s));
+        Ok(())
+    })?;
+    Ok((enabled, out))
+}
+
+/// Validated `exchange.declare` arguments of WarrenMQ's exchange extensions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExchangeArgs {
+    /// `x-message-deduplication` with its cache settings (LavinMQ style).
+    pub dedup: Option<DedupArgs>,
+}
+
+impl ExchangeArgs {
+    /// Parses the deduplication arguments of an exchange being created, with the
+    /// queue arguments' texts (`invalid arg 'x-cache-size' for exchange 'e' in
+    /// vhost '/': {value_negative,-1}`). `x-cache-persistence` (the plugin's) must
+    /// be `memory` or `disk`; both keep the cache in memory.
+    pub fn parse(args: &FieldTable, exchange: &str, vhost: &str) -> Result<Self, AmqpError> {
+        let ctx = Ctx {
+            kind: "exchange",
+            queue: exchange,
+            vhost,
+        };
+        let (enabled, dedup) = parse_dedup(args, &ctx)?;
+        if let Some(v) = args.inner().get("x-cache-persistence") {
+            check_enum(v, &["memory", "disk"], |s| {
+                quoted("unsupported cache persistence '", s)
+            })
+            .map_err(|t| ctx.invalid("x-cache-persistence", t))?;
+        }
+        Ok(ExchangeArgs {
+            dedup: enabled.then_some(dedup),
+        })
+    }
+}
+
 fn utf8(s: &[u8]) -> String {
     String::from_utf8_lossy(s).into_owned()
 }
@@ -395,7 +465,11 @@ impl QueueArgs {
         exclusive: bool,
         auto_delete: bool,
     ) -> Result<QueueArgs, AmqpError> {
-        let ctx = Ctx { queue, vhost };
+        let ctx = Ctx {
+            kind: "queue",
+            queue,
+            vhost,
+        };
         let get = |k: &str| args.inner().get(k);
         let mut out = QueueArgs::default();
 
@@ -566,28 +640,11 @@ impl QueueArgs {
         }
 
         // 6. Deduplication (LavinMQ / rabbitmq-message-deduplication arguments).
-        check!("x-message-deduplication", |v| {
-            out.message_deduplication = match str_value(v) {
-                Some(s) if s.eq_ignore_ascii_case(b"true") => true,
-                Some(s) if s.eq_ignore_ascii_case(b"false") => false,
-                _ => check_bool(v)?,
-            };
-            Ok(())
-        });
-        check!("x-cache-size", |v| {
-            let n = check_non_neg(v)?;
-            out.dedup_cache_size = Some(u32::try_from(n).unwrap_or(u32::MAX));
-            Ok(())
-        });
-        check!("x-cache-ttl", |v| {
-            out.dedup_cache_ttl = Some(check_non_neg(v)?);
-            Ok(())
-        });
-        check!("x-deduplication-header", |v| {
-            let s = str_value(v).ok_or_else(|| unacceptable_type(v))?;
-            out.dedup_header = Some(utf8(s));
-            Ok(())
-        });
+        let (enabled, d) = parse_dedup(args, &ctx)?;
+        out.message_deduplication = enabled;
+        out.dedup_cache_size = d.cache_size;
+        out.dedup_cache_ttl = d.cache_ttl;
+        out.dedup_header = d.header;
         Ok(out)
     }
 
@@ -624,7 +681,11 @@ impl ConsumerArgs {
         vhost: &str,
         queue_type: QueueType,
     ) -> Result<ConsumerArgs, AmqpError> {
-        let ctx = Ctx { queue, vhost };
+        let ctx = Ctx {
+            kind: "queue",
+            queue,
+            vhost,
+        };
         let takes = |k: &str| queue_type.consumer_arguments().contains(&k);
         let mut out = ConsumerArgs::default();
         if let (true, Some(v)) = (takes("x-priority"), args.inner().get("x-priority")) {
@@ -678,33 +739,14 @@ pub fn check_equivalent(
     )
 }
 
-/// Checks an exchange redeclare's arguments: RabbitMQ compares only
-/// `alternate-exchange` (any other argument may differ), with the same texts as
-/// [`check_equivalent`] (`... for exchange 'x' in vhost '/': ...`).
-pub fn check_exchange_equivalent(
-    current: &FieldTable,
-    new: &FieldTable,
-    exchange: &str,
-    vhost: &str,
-) -> Result<(), AmqpError> {
-    check_keys_equivalent(
-        current,
-        new,
-        &["alternate-exchange"],
-        "exchange",
-        exchange,
-        vhost,
-    )
-}
-
-/// `rabbit_misc:assert_args_equivalence/4` over `keys`, for a `kind` ("queue" or
-/// "exchange") named `name`.
-fn check_keys_equivalent(
+/// [`check_equivalent`] for the arguments `keys` of a `kind` (`"queue"`,
+/// `"exchange"`: RabbitMQ compares only `alternate-exchange` for exchanges).
+pub fn check_keys_equivalent(
     current: &FieldTable,
     new: &FieldTable,
     keys: &[&str],
     kind: &str,
-    name: &str,
+    queue: &str,
     vhost: &str,
 ) -> Result<(), AmqpError> {
     for key in keys {
@@ -735,7 +777,7 @@ fn check_keys_equivalent(
                 }
             };
             let mut text = format!(
-                "inequivalent arg '{key}' for {kind} '{name}' in vhost '{vhost}': received "
+                "inequivalent arg '{key}' for {kind} '{queue}' in vhost '{vhost}': received "
             )
             .into_bytes();
             text.extend(describe(n));

@@ -9,6 +9,7 @@
 pub mod actor;
 pub mod args;
 pub mod dead_letter;
+pub mod dedup;
 pub mod limiter;
 pub mod ready;
 

@@ -218,6 +218,10 @@ impl RunningServer {
         {
             warn!("some connections did not close in time");
         }
+        // Delayed exchanges stop firing (their logs stay for the next start).
+        for vhost in self.broker.vhosts() {
+            vhost.stop_delayed().await;
+        }
         // Queues finish what is in their inboxes (so every append reaches the
         // store) and stop; then the store syncs and marks a clean shutdown.
         for vhost in self.broker.vhosts() {
