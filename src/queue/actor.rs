@@ -619,7 +619,7 @@ impl Queue {
         self.touch();
         self.expire();
         let mut entry = self.pop_ready()?;
-        let msg = self.outgoing(&entry);
+        let msg = self.outgoing(&entry, true);
         entry.deliveries += 1;
         let result = GetResult {
             msg,
@@ -690,11 +690,13 @@ impl Queue {
         args.queue_type == QueueType::Quorum || args.delivery_limit.is_some()
     }
 
-    /// The message as handed to a consumer: after a failed delivery it carries
+    /// The message as handed out: after a failed delivery it carries
     /// `x-delivery-count` (deliveries that ended in a return), as RabbitMQ's
-    /// quorum queues add it. A first delivery is the message as published.
-    fn outgoing(&self, entry: &Entry) -> Arc<Message> {
-        if entry.deliveries == 0 || !self.counts_deliveries() {
+    /// quorum queues add it. A first delivery to a consumer is the message as
+    /// published; `basic.get` (`always`) carries the header from the first
+    /// delivery on, with 0, as RabbitMQ 3.10's quorum dequeue does.
+    fn outgoing(&self, entry: &Entry, always: bool) -> Arc<Message> {
+        if !self.counts_deliveries() || (entry.deliveries == 0 && !always) {
             return entry.msg.clone();
         }
         let mut props = entry.msg.properties.clone();
@@ -827,7 +829,7 @@ impl Queue {
                 self.discard(vec![entry], Reason::Expired);
                 continue;
             }
-            let msg = self.outgoing(&entry);
+            let msg = self.outgoing(&entry, false);
             entry.deliveries += 1;
             if entry.persisted {
                 if self.consumers[idx].spec.no_ack {

@@ -1591,8 +1591,18 @@ mod tests {
             e.text
         );
         // Classic queues take x-delivery-limit too (WarrenMQ), without a default.
-        assert_eq!(classic(&[("x-delivery-limit", i(1))]).unwrap().delivery_limit, Some(1));
-        assert_eq!(classic(&[("x-delivery-limit", i(-1))]).unwrap().delivery_limit, None);
+        assert_eq!(
+            classic(&[("x-delivery-limit", i(1))])
+                .unwrap()
+                .delivery_limit,
+            Some(1)
+        );
+        assert_eq!(
+            classic(&[("x-delivery-limit", i(-1))])
+                .unwrap()
+                .delivery_limit,
+            None
+        );
         assert_eq!(classic(&[]).unwrap().delivery_limit, None);
     }
 
