@@ -107,8 +107,12 @@ struct Queue {
     vhost: Weak<VHost>,
     /// `x-expires`: when the queue deletes itself if it stays unused.
     unused_until: Option<Instant>,
-    /// Dispatch scratch, reused: consumers found blocked in this round.
+    /// `consumers` index ranges of equal priority, highest first (with a
+    /// single active consumer: just that one).
+    groups: Vec<(usize, usize)>,
+    /// Dispatch scratch, reused: consumers and groups found blocked in this round.
     blocked: Vec<bool>,
+    group_blocked: Vec<bool>,
 }
 
 /// Starts a queue task and returns its handle. A durable queue gets its store
@@ -166,7 +170,9 @@ pub fn spawn(
         store,
         vhost,
         unused_until: None,
+        groups: Vec::new(),
         blocked: Vec::new(),
+        group_blocked: Vec::new(),
     };
     queue.touch();
     tokio::spawn(queue.run(rx, ctl_rx).instrument(span));
@@ -185,9 +191,7 @@ impl Queue {
         mut ctl: mpsc::UnboundedReceiver<QueueCmd>,
     ) {
         debug!("queue started");
-        // Recovered messages already past the delivery limit (their last
-        // delivery ended with the restart) leave now, as a return would make them.
-        self.over_delivery_limit();
+        let mut recovery_checked = false;
         let mut batch = Vec::with_capacity(64);
         let mut control = Vec::with_capacity(256);
         loop {
@@ -204,6 +208,14 @@ impl Queue {
             };
             if n == 0 {
                 break;
+            }
+            if !recovery_checked {
+                // Recovered messages already past the delivery limit (their last
+                // delivery ended with the restart) leave as a return would make
+                // them. Not before the first wake-up: at spawn, the vhost is still
+                // restoring the bindings their dead-letter exchange may need.
+                recovery_checked = true;
+                self.over_delivery_limit();
             }
             batch.append(&mut control);
             let mut cmds = batch.drain(..);
@@ -591,27 +603,19 @@ impl Queue {
                 seq,
             },
         );
+        self.consumers_changed();
         self.unused_until = None;
         Ok(())
     }
 
-    /// Removes the consumers `gone` selects. With a single active consumer, the
-    /// next one (highest priority, then earliest registered, as RabbitMQ's
-    /// `rabbit_queue_consumers:get_consumer`) takes over; clients are not told.
+    /// Removes the consumers `gone` selects.
     fn remove_consumers(&mut self, gone: impl Fn(&ConsumerSpec) -> bool) {
         let before = self.consumers.len();
         self.consumers.retain(|c| !gone(&c.spec));
         if self.consumers.len() == before {
             return;
         }
-        if self.next_consumer >= self.consumers.len() {
-            self.next_consumer = 0;
-        }
-        if let Some(active) = self.active_consumer {
-            if !self.consumers.iter().any(|c| c.seq == active) {
-                self.active_consumer = self.consumers.first().map(|c| c.seq);
-            }
-        }
+        self.consumers_changed();
         self.touch();
     }
 
@@ -756,30 +760,48 @@ impl Queue {
         self.requeue(entries);
     }
 
+    /// Rebuilds what dispatch derives from `consumers` (after a consumer came or went).
+    fn consumers_changed(&mut self) {
+        self.groups.clear();
+        let mut start = 0;
+        while start < self.consumers.len() {
+            let prio = self.consumers[start].spec.priority;
+            let len = self.consumers[start..]
+                .iter()
+                .take_while(|c| c.spec.priority == prio)
+                .count();
+            self.groups.push((start, start + len));
+            start += len;
+        }
+        if self.next_consumer >= self.consumers.len() {
+            self.next_consumer = 0;
+        }
+        if let Some(active) = self.active_consumer {
+            // Single active consumer: if it went, the next one takes over
+            // (highest priority, then earliest registered, as RabbitMQ's
+            // `rabbit_queue_consumers:get_consumer`); clients are not told.
+            let i = self.consumers.iter().position(|c| c.seq == active);
+            let i = i.or((!self.consumers.is_empty()).then_some(0));
+            self.active_consumer = i.map(|i| self.consumers[i].seq);
+            self.groups.clear();
+            self.groups.extend(i.map(|i| (i, i + 1)));
+        }
+    }
+
     /// The next consumer to deliver to, or `None` if every candidate is out of
     /// credit. Consumer priorities: the highest-priority group with a consumer
     /// that has credit wins; round-robin within a group (from `next_consumer`);
     /// lower priorities only get messages while every higher one is blocked.
-    /// With a single active consumer only that one is a candidate. A consumer
-    /// found blocked stays blocked for the rest of this dispatch round (credit
-    /// only comes back with settles, which are handled between rounds).
+    /// With a single active consumer only that one is a candidate (its own
+    /// group). A consumer (or group) found blocked stays blocked for the rest
+    /// of this dispatch round: credit only comes back with settles, which are
+    /// handled between rounds.
     fn pick_consumer(&mut self) -> Option<(usize, bool)> {
-        let n = self.consumers.len();
-        let (from, to) = match self.active_consumer {
-            Some(seq) => {
-                let i = self.consumers.iter().position(|c| c.seq == seq)?;
-                (i, i + 1)
+        for g in 0..self.groups.len() {
+            if self.group_blocked[g] {
+                continue;
             }
-            None => (0, n),
-        };
-        let mut start = from;
-        while start < to {
-            let prio = self.consumers[start].spec.priority;
-            let end = start
-                + self.consumers[start..to]
-                    .iter()
-                    .take_while(|c| c.spec.priority == prio)
-                    .count();
+            let (start, end) = self.groups[g];
             let len = end - start;
             let first = if (start..end).contains(&self.next_consumer) {
                 self.next_consumer - start
@@ -804,7 +826,7 @@ impl Queue {
                     Credit::Blocked => self.blocked[idx] = true,
                 }
             }
-            start = end;
+            self.group_blocked[g] = true;
         }
         None
     }
@@ -816,6 +838,8 @@ impl Queue {
         }
         self.blocked.clear();
         self.blocked.resize(self.consumers.len(), false);
+        self.group_blocked.clear();
+        self.group_blocked.resize(self.groups.len(), false);
         let mut out: Vec<(ConnHandle, Vec<Delivery>)> = Vec::new();
         while !self.ready.is_empty() {
             let Some((idx, counted_global)) = self.pick_consumer() else {
@@ -902,6 +926,7 @@ impl Queue {
                 consumer_tag: c.spec.tag.clone(),
             });
         }
+        self.consumers_changed();
     }
 
     /// `x-expires`: (re)starts the unused-queue timer while the queue has no

@@ -84,6 +84,9 @@ impl<T: HasId> ReadyQueue<T> {
 
     /// The level `item` lives in: its priority, capped at the maximum.
     fn level_of(&self, item: &T) -> usize {
+        if self.max_priority.is_none() {
+            return 0; // not a priority queue: the property is not even read
+        }
         usize::from(item.priority()).min(self.levels.len() - 1)
     }
 
