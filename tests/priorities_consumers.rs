@@ -263,7 +263,7 @@ async fn higher_priority_consumer_gets_messages_until_its_prefetch_is_full() {
     let q = unique("cprio");
     declare(&pch, &q, false, &[]).await;
     let low_ch = channel(&conn).await;
-    qos(&low_ch, 10).await;
+    qos(&low_ch, 3).await;
     let mut low = consume_with(&low_ch, &q, &[("x-priority", AMQPValue::LongInt(-5))]).await;
     let high_ch = channel(&conn).await;
     qos(&high_ch, 2).await;
@@ -285,6 +285,7 @@ async fn higher_priority_consumer_gets_messages_until_its_prefetch_is_full() {
         "the low one only while the high one is full"
     );
     // Credit back on the high-priority consumer: it takes the next message.
+    // (The low one is full too, so the ack racing the publish cannot matter.)
     h1.ack(BasicAckOptions::default()).await.unwrap();
     h2.ack(BasicAckOptions::default()).await.unwrap();
     publish_confirmed(&pch, "", &q, b"m5").await;
