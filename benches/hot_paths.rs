@@ -184,6 +184,7 @@ fn bench_queue_actor(c: &mut Criterion) {
                         no_ack,
                         prefetch: if no_ack { 0 } else { 1000 },
                         exclusive: false,
+                        priority: 0,
                         limiter: Arc::new(ChannelLimiter::new(shared.clone())),
                     };
                     let ok = queue.ask(|r| QueueCmd::Consume(spec, r)).await;

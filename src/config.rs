@@ -107,6 +107,11 @@ pub struct AmqpConfig {
     pub handshake_timeout: u64,
     /// The `product` server property.
     pub product: String,
+    /// Consumer acknowledgement timeout in milliseconds (RabbitMQ's
+    /// `consumer_timeout`): a channel whose oldest unacknowledged delivery is
+    /// older is closed with 406. 0 disables it. Queues and consumers can
+    /// override it with `x-consumer-timeout`.
+    pub consumer_timeout: u64,
 }
 
 /// `[auth]`: users and loopback restrictions.
@@ -179,6 +184,7 @@ impl Default for AmqpConfig {
             max_message_size: 134_217_728,
             handshake_timeout: 10,
             product: "WarrenMQ".into(),
+            consumer_timeout: 1_800_000,
         }
     }
 }

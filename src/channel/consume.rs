@@ -4,7 +4,8 @@
 use super::{Channel, ChannelConsumer, ConnCtx, UnackedEntry};
 use crate::broker::{ReplyConsumer, REPLY_TO_QUEUE};
 use crate::protocol::{AmqpError, AmqpResult};
-use crate::queue::{ConsumerSpec, QueueCmd, Settle};
+use crate::queue::args::ConsumerArgs;
+use crate::queue::{ConsumerSpec, QueueCmd, QueueHandle, Settle};
 use amq_protocol::protocol::{basic, AMQPClass};
 use std::sync::Arc;
 
@@ -60,6 +61,12 @@ impl Channel {
             return self.consume_reply_to(ctx, c, tag);
         }
         let queue = ctx.vhost.queue_for(&queue_name, ctx.conn.id)?;
+        let args = ConsumerArgs::parse(
+            &c.arguments,
+            &queue.info.name,
+            &ctx.vhost.name,
+            queue.info.args.queue_type,
+        )?;
         let spec = ConsumerSpec {
             chan_key: self.key,
             tag: tag.clone(),
@@ -67,8 +74,10 @@ impl Channel {
             no_ack: c.no_ack,
             prefetch: self.consumer_prefetch,
             exclusive: c.exclusive,
+            priority: args.priority,
             limiter: self.limiter.clone(),
         };
+        let ack_timeout = ack_timeout(ctx, &queue, args.consumer_timeout);
         match queue.ask(|reply| QueueCmd::Consume(spec, reply)).await {
             Some(result) => result?,
             None => return Err(AmqpError::no_queue(&queue_name, &ctx.vhost.name)),
@@ -78,6 +87,7 @@ impl Channel {
             ChannelConsumer {
                 queue: Some(queue),
                 no_ack: c.no_ack,
+                ack_timeout,
             },
         );
         if !c.nowait {
@@ -114,6 +124,7 @@ impl Channel {
             ChannelConsumer {
                 queue: None,
                 no_ack: true,
+                ack_timeout: None,
             },
         );
         if !c.nowait {
@@ -177,12 +188,19 @@ impl Channel {
         let tag = self.next_tag;
         self.next_tag += 1;
         if !g.no_ack {
-            self.unacked.push_back(UnackedEntry {
-                tag,
-                queue,
-                msg_id: got.msg_id,
-                counted_global: false,
-            });
+            let timeout = ack_timeout(ctx, &queue, None);
+            self.push_unacked(
+                ctx,
+                UnackedEntry {
+                    tag,
+                    queue,
+                    msg_id: got.msg_id,
+                    counted_global: false,
+                    ack_timeout: None,
+                },
+                timeout,
+                std::time::Instant::now(),
+            );
         }
         ctx.send_method(
             self.id,
@@ -281,6 +299,16 @@ impl Channel {
         }
         Ok(())
     }
+}
+
+/// The consumer acknowledgement timeout for deliveries from `queue`: the
+/// consumer's `x-consumer-timeout`, else the queue's, else the broker's
+/// `amqp.consumer_timeout` (RabbitMQ 4's precedence). `None` (0) = no timeout.
+fn ack_timeout(ctx: &ConnCtx, queue: &QueueHandle, consumer: Option<u64>) -> Option<u64> {
+    let ms = consumer
+        .or(queue.info.args.consumer_timeout)
+        .unwrap_or(ctx.broker.config.amqp.consumer_timeout);
+    (ms > 0).then_some(ms)
 }
 
 /// A tag like RabbitMQ's: prefix plus 22 URL-safe random characters.

@@ -42,6 +42,9 @@ pub struct ConnCtx {
     settles: Vec<(QueueHandle, ChanKey, Settle, Vec<u64>)>,
     /// A queue this connection published to that asked publishers to pause.
     pub congested: Option<QueueHandle>,
+    /// When to check the channels' consumer acknowledgement timeouts next
+    /// (never later than the earliest deadline; may be earlier).
+    pub ack_deadline: Option<std::time::Instant>,
 }
 
 impl ConnCtx {
@@ -68,6 +71,7 @@ impl ConnCtx {
             publishes: Vec::new(),
             settles: Vec::new(),
             congested: None,
+            ack_deadline: None,
         }
     }
 

@@ -22,6 +22,7 @@ use amq_protocol::protocol::{
 pub use ctx::ConnCtx;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A delivery the client has not settled yet.
 #[derive(Debug)]
@@ -34,6 +35,8 @@ pub struct UnackedEntry {
     pub msg_id: u64,
     /// Whether it counts against the channel's global prefetch.
     pub counted_global: bool,
+    /// Consumer acknowledgement timeout: (deadline, timeout in ms).
+    pub ack_timeout: Option<(Instant, u64)>,
 }
 
 /// A consumer on this channel.
@@ -43,6 +46,8 @@ pub struct ChannelConsumer {
     pub queue: Option<QueueHandle>,
     /// `no_ack` mode.
     pub no_ack: bool,
+    /// Acknowledgement timeout for its deliveries, in ms (`None`: none).
+    pub ack_timeout: Option<u64>,
 }
 
 /// State of one open channel.
@@ -190,8 +195,9 @@ impl Channel {
     }
 
     /// Writes a delivery from a queue (or drops it if its consumer is gone).
-    pub fn deliver(&mut self, ctx: &mut ConnCtx, d: Delivery) {
-        if !self.consumers.contains_key(&d.consumer_tag) {
+    /// `now` is when the connection took the batch (ack timeouts count from it).
+    pub fn deliver(&mut self, ctx: &mut ConnCtx, d: Delivery, now: Instant) {
+        let Some(consumer) = self.consumers.get(&d.consumer_tag) else {
             // Cancelled while the delivery was in flight: give it back untouched.
             if let (true, Some(q)) = (d.needs_ack, &d.queue) {
                 ctx.settle(q, self.key, crate::queue::Settle::Requeue, d.msg_id);
@@ -200,16 +206,23 @@ impl Channel {
                 }
             }
             return;
-        }
+        };
+        let timeout = consumer.ack_timeout;
         let tag = self.next_tag;
         self.next_tag += 1;
         if let (true, Some(queue)) = (d.needs_ack, d.queue) {
-            self.unacked.push_back(UnackedEntry {
-                tag,
-                queue,
-                msg_id: d.msg_id,
-                counted_global: d.counted_global,
-            });
+            self.push_unacked(
+                ctx,
+                UnackedEntry {
+                    tag,
+                    queue,
+                    msg_id: d.msg_id,
+                    counted_global: d.counted_global,
+                    ack_timeout: None,
+                },
+                timeout,
+                now,
+            );
         }
         crate::protocol::codec::encode_deliver(
             ctx.out.buf(),
@@ -221,6 +234,43 @@ impl Channel {
             &d.msg.routing_key,
         );
         ctx.send_content(self.id, &d.msg);
+    }
+
+    /// Records an unsettled delivery; with an ack timeout, makes sure the
+    /// connection's ack-timeout timer fires by its deadline.
+    pub fn push_unacked(
+        &mut self,
+        ctx: &mut ConnCtx,
+        mut entry: UnackedEntry,
+        timeout_ms: Option<u64>,
+        now: Instant,
+    ) {
+        if let Some(ms) = timeout_ms {
+            let deadline = now + std::time::Duration::from_millis(ms);
+            entry.ack_timeout = Some((deadline, ms));
+            if ctx.ack_deadline.is_none_or(|d| deadline < d) {
+                ctx.ack_deadline = Some(deadline);
+            }
+        }
+        self.unacked.push_back(entry);
+    }
+
+    /// The consumer acknowledgement timeout (RabbitMQ's `consumer_timeout`):
+    /// like RabbitMQ, only the oldest unsettled delivery that has a timeout is
+    /// checked. Returns the 406 that closes the channel if it timed out, else
+    /// the deadline to check again at.
+    pub fn check_ack_timeout(&self, now: Instant) -> Result<Option<Instant>, AmqpError> {
+        let Some((deadline, ms)) = self.unacked.iter().find_map(|u| u.ack_timeout) else {
+            return Ok(None);
+        };
+        if deadline > now {
+            return Ok(Some(deadline));
+        }
+        Err(AmqpError::precondition(format_args!(
+            "delivery acknowledgement on channel {} timed out. Timeout value used: {ms} ms. \
+             This timeout value can be configured, see consumers doc guide to learn more",
+            self.id
+        )))
     }
 
     /// Notifies the client that the broker cancelled one of its consumers.

@@ -179,6 +179,7 @@ impl Connection {
             let room = self.buf.capacity() - self.buf.len();
             let close_deadline = self.closing;
             let congested = self.ctx.congested.take();
+            let ack_deadline = self.ctx.ack_deadline.filter(|_| self.closing.is_none());
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if self.closing.is_none() => {
@@ -211,6 +212,9 @@ impl Connection {
                             return reason;
                         }
                     }
+                }
+                _ = sleep_until(ack_deadline), if ack_deadline.is_some() => {
+                    self.check_ack_timeouts().await;
                 }
                 // Deliveries wait while the socket is behind; resume once it drains.
                 _ = self.writer.wait_drained(), if self.writer.saturated() => {}
@@ -426,6 +430,29 @@ impl Connection {
         Flow::Continue
     }
 
+    /// Consumer acknowledgement timeouts: closes every channel whose oldest
+    /// unsettled delivery timed out (406, its unacked messages are requeued),
+    /// and sets the next check to the earliest remaining deadline.
+    async fn check_ack_timeouts(&mut self) {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut timed_out = Vec::new();
+        for (&id, chan) in &self.channels {
+            if chan.closing {
+                continue;
+            }
+            match chan.check_ack_timeout(now) {
+                Ok(Some(d)) => next = Some(next.map_or(d, |n| n.min(d))),
+                Ok(None) => {}
+                Err(e) => timed_out.push((id, e)),
+            }
+        }
+        self.ctx.ack_deadline = next;
+        for (id, e) in timed_out {
+            self.error(id, e).await;
+        }
+    }
+
     /// Routes an error to `channel.close` (soft) or `connection.close` (hard).
     async fn error(&mut self, ch: u16, e: AmqpError) {
         if e.is_hard() {
@@ -473,13 +500,14 @@ impl Connection {
         match event {
             ConnEvent::Deliver(deliveries) => {
                 let n = deliveries.len();
+                let now = Instant::now();
                 for d in deliveries {
                     let chan = self
                         .by_key
                         .get(&d.chan_key)
                         .and_then(|ch| self.channels.get_mut(ch));
                     match chan {
-                        Some(chan) if !chan.closing => chan.deliver(&mut self.ctx, d),
+                        Some(chan) if !chan.closing => chan.deliver(&mut self.ctx, d, now),
                         // The channel is gone; its queues requeue on ChannelClosed.
                         _ => {}
                     }

@@ -1,15 +1,18 @@
 //! The queue task: owns ready messages, consumers and unacked deliveries.
 //!
-//! Invariants: `ready` is ordered by message id (requeued messages return to
-//! their original position, as in RabbitMQ); every id is either in `ready`, in
-//! `unacked`, or gone. Deliveries are grouped into one `ConnEvent::Deliver` per
-//! connection per dispatch round. The actor never waits on a connection: it only
-//! uses unbounded sends to connection inboxes, so no cycle of bounded channels
-//! can deadlock.
+//! Invariants: `ready` is a [`ReadyQueue`]: ordered by priority (queues with
+//! `x-max-priority`), then by message id (requeued messages return to their
+//! original position, as in RabbitMQ); every id is either in `ready`, in
+//! `unacked`, or gone. `consumers` is sorted by consumer priority (`x-priority`,
+//! highest first), then registration order. Deliveries are grouped into one
+//! `ConnEvent::Deliver` per connection per dispatch round. The actor never waits
+//! on a connection: it only uses unbounded sends to connection inboxes, so no
+//! cycle of bounded channels can deadlock.
 
-use super::args::{Overflow, QueueArgs};
+use super::args::{Overflow, QueueArgs, QueueType};
 use super::dead_letter::{self, Reason};
 use super::limiter::Credit;
+use super::ready::{HasId, ReadyQueue};
 use super::{
     ChanKey, ConnEvent, ConnHandle, ConsumerSpec, Delivery, GetResult, PublishBatch, QueueCmd,
     QueueHandle, QueueInfo, Settle,
@@ -18,7 +21,8 @@ use crate::broker::VHost;
 use crate::message::Message;
 use crate::protocol::{AmqpError, ReplyCode};
 use crate::store::{QueueKey, StoreHandle, StoredMessage};
-use std::collections::{HashMap, VecDeque};
+use amq_protocol::types::AMQPValue;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
@@ -44,6 +48,18 @@ struct Entry {
     expires_at: Option<Instant>,
 }
 
+impl HasId for Entry {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn body_size(&self) -> u64 {
+        self.msg.body_size()
+    }
+    fn priority(&self) -> u8 {
+        self.msg.properties.priority().unwrap_or(0)
+    }
+}
+
 /// A durable queue's link to the message store.
 pub struct QueueStore {
     /// The store.
@@ -63,6 +79,8 @@ struct Unacked {
 struct Consumer {
     spec: ConsumerSpec,
     unacked: u32,
+    /// Registration order (single active consumer takes over in this order).
+    seq: u64,
 }
 
 impl Consumer {
@@ -73,19 +91,30 @@ impl Consumer {
 
 struct Queue {
     me: QueueHandle,
-    ready: VecDeque<Entry>,
+    ready: ReadyQueue<Entry>,
     unacked: HashMap<u64, Unacked>,
+    /// Sorted by `spec.priority` (highest first), then `seq`.
     consumers: Vec<Consumer>,
+    /// Round-robin cursor: the index to try first within its priority group.
     next_consumer: usize,
+    next_consumer_seq: u64,
+    /// `x-single-active-consumer`: the `seq` of the consumer that receives.
+    active_consumer: Option<u64>,
     next_id: u64,
     had_consumer: bool,
     on_auto_delete: Option<OnAutoDelete>,
     store: Option<QueueStore>,
     vhost: Weak<VHost>,
-    /// Body bytes of the ready messages (for `x-max-length-bytes`).
-    ready_bytes: u64,
     /// `x-message-deduplication`: keys of the messages in the queue (and within the TTL).
     dedup: Option<super::dedup::DedupCache>,
+    /// `x-expires`: when the queue deletes itself if it stays unused.
+    unused_until: Option<Instant>,
+    /// `consumers` index ranges of equal priority, highest first (with a
+    /// single active consumer: just that one).
+    groups: Vec<(usize, usize)>,
+    /// Dispatch scratch, reused: consumers and groups found blocked in this round.
+    blocked: Vec<bool>,
+    group_blocked: Vec<bool>,
 }
 
 /// Starts a queue task and returns its handle. A durable queue gets its store
@@ -108,8 +137,10 @@ pub fn spawn(
         gauge: Arc::new(super::QueueGauge::default()),
     };
     let span = tracing::info_span!("queue", vhost = %handle.info.vhost, name = %handle.info.name);
-    let mut ready = VecDeque::with_capacity(recovered.len());
+    let mut ready = ReadyQueue::new(handle.info.args.max_priority);
     let mut next_id = 1;
+    let mut recovered = recovered;
+    recovered.sort_unstable_by_key(|m| m.seq);
     for m in recovered {
         next_id = next_id.max(m.seq + 1);
         match Message::restore(&m.exchange, &m.routing_key, m.header, m.body) {
@@ -127,22 +158,27 @@ pub fn spawn(
             ),
         }
     }
-    let ready_bytes = ready.iter().map(|e: &Entry| e.msg.body_size()).sum();
     let dedup = super::dedup::for_queue(&handle.info.args, ready.iter().map(|e| (e.id, &*e.msg)));
-    let queue = Queue {
+    let mut queue = Queue {
         me: handle.clone(),
-        ready_bytes,
         ready,
         unacked: HashMap::new(),
         consumers: Vec::new(),
         next_consumer: 0,
+        next_consumer_seq: 0,
+        active_consumer: None,
         next_id,
         had_consumer: false,
         on_auto_delete: Some(on_auto_delete),
         store,
         vhost,
         dedup,
+        unused_until: None,
+        groups: Vec::new(),
+        blocked: Vec::new(),
+        group_blocked: Vec::new(),
     };
+    queue.touch();
     tokio::spawn(queue.run(rx, ctl_rx).instrument(span));
     handle
 }
@@ -159,20 +195,31 @@ impl Queue {
         mut ctl: mpsc::UnboundedReceiver<QueueCmd>,
     ) {
         debug!("queue started");
+        let mut recovery_checked = false;
         let mut batch = Vec::with_capacity(64);
         let mut control = Vec::with_capacity(256);
         loop {
             // Control first: acks free consumer credit, which is what lets the
             // backlog of publishes drain.
             let next_expiry = self.ready.front().and_then(|e| e.expires_at);
+            let unused_until = self.unused_until;
             let n = tokio::select! {
                 biased;
                 n = ctl.recv_many(&mut control, 256) => n,
                 n = rx.recv_many(&mut batch, 16) => n,
                 _ = sleep_until(next_expiry), if next_expiry.is_some() => usize::MAX,
+                _ = sleep_until(unused_until), if unused_until.is_some() => usize::MAX,
             };
             if n == 0 {
                 break;
+            }
+            if !recovery_checked {
+                // Recovered messages already past the delivery limit (their last
+                // delivery ended with the restart) leave as a return would make
+                // them. Not before the first wake-up: at spawn, the vhost is still
+                // restoring the bindings their dead-letter exchange may need.
+                recovery_checked = true;
+                self.over_delivery_limit();
             }
             batch.append(&mut control);
             let mut cmds = batch.drain(..);
@@ -188,7 +235,7 @@ impl Queue {
             self.expire();
             self.dispatch();
             self.me.gauge.update(self.ready.len(), self.consumers.len());
-            if self.should_auto_delete() {
+            if self.should_auto_delete() || self.unused_expired() {
                 self.auto_delete();
                 Self::release_pending(Vec::new(), &mut rx, &mut ctl);
                 return;
@@ -231,8 +278,7 @@ impl Queue {
                 let _ = reply.send(self.consume(spec));
             }
             QueueCmd::Cancel(chan_key, tag, reply) => {
-                self.consumers
-                    .retain(|c| !(c.spec.chan_key == chan_key && c.spec.tag == tag));
+                self.remove_consumers(|c| c.chan_key == chan_key && c.tag == tag);
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
@@ -246,14 +292,16 @@ impl Queue {
                 let _ = reply.send(self.get(chan_key, no_ack));
             }
             QueueCmd::Stats(reply) => {
+                // queue.declare (also passive) counts as use for x-expires, as in RabbitMQ.
+                self.touch();
                 let _ = reply.send((self.ready.len() as u32, self.consumers.len() as u32));
             }
             QueueCmd::Purge(reply) => {
                 let n = self.ready.len() as u32;
-                self.ready_bytes = 0;
                 let gone = self
                     .ready
-                    .drain(..)
+                    .drain()
+                    .into_iter()
                     .filter(|e| e.persisted)
                     .map(|e| e.id)
                     .collect();
@@ -409,9 +457,7 @@ impl Queue {
             return false;
         };
         let (ready, unacked) = (&self.ready, &self.unacked);
-        let holds = |id: u64| {
-            unacked.contains_key(&id) || ready.binary_search_by_key(&id, |e| e.id).is_ok()
-        };
+        let holds = |id: u64| unacked.contains_key(&id) || ready.contains_id(id);
         let now = std::time::Instant::now();
         let verdict = dedup.check_owned(msg.headers(), now, Some(self.next_id), holds);
         verdict == super::dedup::Verdict::Duplicate
@@ -424,18 +470,15 @@ impl Queue {
             .is_some_and(|max| self.ready.len() as u64 + 1 > max)
             || args
                 .max_length_bytes
-                .is_some_and(|max| self.ready_bytes + msg.body_size() > max)
+                .is_some_and(|max| self.ready.bytes() + msg.body_size() > max)
     }
 
     fn push_ready(&mut self, entry: Entry) {
-        self.ready_bytes += entry.msg.body_size();
         self.ready.push_back(entry);
     }
 
     fn pop_ready(&mut self) -> Option<Entry> {
-        let entry = self.ready.pop_front()?;
-        self.ready_bytes -= entry.msg.body_size();
-        Some(entry)
+        self.ready.pop_front()
     }
 
     /// Removes ready messages for good (expired, dropped for length): forgets
@@ -457,12 +500,11 @@ impl Queue {
     fn expire(&mut self) {
         let now = Instant::now();
         let mut expired = Vec::new();
-        while self
+        while let Some(e) = self
             .ready
-            .front()
-            .is_some_and(|e| e.expires_at.is_some_and(|t| t <= now))
+            .pop_front_if(|e| e.expires_at.is_some_and(|t| t <= now))
         {
-            expired.extend(self.pop_ready());
+            expired.push(e);
         }
         self.discard(expired, Reason::Expired);
     }
@@ -557,20 +599,55 @@ impl Queue {
         if self.consumers.iter().any(|c| c.spec.exclusive) {
             return Err(in_exclusive_use());
         }
-        if spec.exclusive && !self.consumers.is_empty() {
+        // A single-active-consumer queue refuses every exclusive consume (RabbitMQ 3.10).
+        if spec.exclusive && (!self.consumers.is_empty() || info.args.single_active_consumer) {
             return Err(in_exclusive_use());
         }
         self.had_consumer = true;
-        self.consumers.push(Consumer { spec, unacked: 0 });
+        let seq = self.next_consumer_seq;
+        self.next_consumer_seq += 1;
+        if info.args.single_active_consumer && self.active_consumer.is_none() {
+            self.active_consumer = Some(seq);
+        }
+        // Highest priority first; registration order within a priority.
+        let pos = self
+            .consumers
+            .partition_point(|c| c.spec.priority >= spec.priority);
+        if pos <= self.next_consumer && pos < self.consumers.len() {
+            self.next_consumer += 1;
+        }
+        self.consumers.insert(
+            pos,
+            Consumer {
+                spec,
+                unacked: 0,
+                seq,
+            },
+        );
+        self.consumers_changed();
+        self.unused_until = None;
         Ok(())
     }
 
+    /// Removes the consumers `gone` selects.
+    fn remove_consumers(&mut self, gone: impl Fn(&ConsumerSpec) -> bool) {
+        let before = self.consumers.len();
+        self.consumers.retain(|c| !gone(&c.spec));
+        if self.consumers.len() == before {
+            return;
+        }
+        self.consumers_changed();
+        self.touch();
+    }
+
     fn get(&mut self, chan_key: ChanKey, no_ack: bool) -> Option<GetResult> {
+        self.touch();
         self.expire();
         let mut entry = self.pop_ready()?;
+        let msg = self.outgoing(&entry, true);
         entry.deliveries += 1;
         let result = GetResult {
-            msg: entry.msg.clone(),
+            msg,
             msg_id: entry.id,
             redelivered: entry.redelivered,
             remaining: self.ready.len() as u32,
@@ -631,22 +708,65 @@ impl Queue {
         }
     }
 
+    /// Whether deliveries carry `x-delivery-count` and the limit applies:
+    /// quorum queues (as RabbitMQ) and queues with an `x-delivery-limit`.
+    fn counts_deliveries(&self) -> bool {
+        let args = &self.me.info.args;
+        args.queue_type == QueueType::Quorum || args.delivery_limit.is_some()
+    }
+
+    /// The message as handed out: after a failed delivery it carries
+    /// `x-delivery-count` (deliveries that ended in a return), as RabbitMQ's
+    /// quorum queues add it. A first delivery to a consumer is the message as
+    /// published; `basic.get` (`always`) carries the header from the first
+    /// delivery on, with 0, as RabbitMQ 3.10's quorum dequeue does.
+    fn outgoing(&self, entry: &Entry, always: bool) -> Arc<Message> {
+        if !self.counts_deliveries() || (entry.deliveries == 0 && !always) {
+            return entry.msg.clone();
+        }
+        let mut props = entry.msg.properties.clone();
+        let mut headers = props.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-delivery-count".into(),
+            AMQPValue::LongLongInt(i64::from(entry.deliveries)),
+        );
+        props = props.with_headers(headers);
+        entry.msg.with_properties(props)
+    }
+
     /// Puts entries back at their original positions, flagged redelivered.
-    fn requeue(&mut self, mut entries: Vec<Entry>) {
+    /// Those past `x-delivery-limit` (each ready message's deliveries all ended
+    /// in a return, so `deliveries` is RabbitMQ's delivery count) are
+    /// dead-lettered with reason `delivery_limit`, or dropped.
+    fn requeue(&mut self, entries: Vec<Entry>) {
         if entries.is_empty() {
             return;
         }
-        entries.sort_unstable_by_key(|e| e.id);
-        for mut e in entries.into_iter().rev() {
+        let (poison, entries): (Vec<Entry>, Vec<Entry>) = match self.me.info.args.delivery_limit {
+            Some(limit) => entries.into_iter().partition(|e| e.deliveries > limit),
+            None => (Vec::new(), entries),
+        };
+        self.ready.requeue_all(entries.into_iter().map(|mut e| {
             e.redelivered = true;
-            let pos = self.ready.partition_point(|r| r.id < e.id);
-            self.ready_bytes += e.msg.body_size();
-            self.ready.insert(pos, e);
-        }
+            e
+        }));
+        self.discard(poison, Reason::DeliveryLimit);
+    }
+
+    /// Drops (or dead-letters) ready messages already past the delivery limit.
+    fn over_delivery_limit(&mut self) {
+        let Some(limit) = self.me.info.args.delivery_limit else {
+            return;
+        };
+        let mut poison = Vec::new();
+        self.ready
+            .remove_where(|e| e.deliveries > limit, |e| poison.push(e));
+        self.discard(poison, Reason::DeliveryLimit);
     }
 
     fn channel_closed(&mut self, chan_key: ChanKey) {
-        self.consumers.retain(|c| c.spec.chan_key != chan_key);
+        self.remove_consumers(|c| c.chan_key == chan_key);
+        self.touch();
         let ids: Vec<u64> = self
             .unacked
             .iter()
@@ -661,34 +781,91 @@ impl Queue {
         self.requeue(entries);
     }
 
-    /// Hands ready messages to consumers with credit, round-robin.
-    fn dispatch(&mut self) {
-        if self.consumers.is_empty() || self.ready.is_empty() {
-            return;
+    /// Rebuilds what dispatch derives from `consumers` (after a consumer came or went).
+    fn consumers_changed(&mut self) {
+        self.groups.clear();
+        let mut start = 0;
+        while start < self.consumers.len() {
+            let prio = self.consumers[start].spec.priority;
+            let len = self.consumers[start..]
+                .iter()
+                .take_while(|c| c.spec.priority == prio)
+                .count();
+            self.groups.push((start, start + len));
+            start += len;
         }
-        let n = self.consumers.len();
-        let mut blocked = vec![false; n];
-        let mut out: Vec<(ConnHandle, Vec<Delivery>)> = Vec::new();
-        'messages: while !self.ready.is_empty() {
-            let mut chosen = None;
-            for attempt in 0..n {
-                let idx = (self.next_consumer + attempt) % n;
+        if self.next_consumer >= self.consumers.len() {
+            self.next_consumer = 0;
+        }
+        if let Some(active) = self.active_consumer {
+            // Single active consumer: if it went, the next one takes over
+            // (highest priority, then earliest registered, as RabbitMQ's
+            // `rabbit_queue_consumers:get_consumer`); clients are not told.
+            let i = self.consumers.iter().position(|c| c.seq == active);
+            let i = i.or((!self.consumers.is_empty()).then_some(0));
+            self.active_consumer = i.map(|i| self.consumers[i].seq);
+            self.groups.clear();
+            self.groups.extend(i.map(|i| (i, i + 1)));
+        }
+    }
+
+    /// The next consumer to deliver to, or `None` if every candidate is out of
+    /// credit. Consumer priorities: the highest-priority group with a consumer
+    /// that has credit wins; round-robin within a group (from `next_consumer`);
+    /// lower priorities only get messages while every higher one is blocked.
+    /// With a single active consumer only that one is a candidate (its own
+    /// group). A consumer (or group) found blocked stays blocked for the rest
+    /// of this dispatch round: credit only comes back with settles, which are
+    /// handled between rounds.
+    fn pick_consumer(&mut self) -> Option<(usize, bool)> {
+        for g in 0..self.groups.len() {
+            if self.group_blocked[g] {
+                continue;
+            }
+            let (start, end) = self.groups[g];
+            let len = end - start;
+            let first = if (start..end).contains(&self.next_consumer) {
+                self.next_consumer - start
+            } else {
+                0
+            };
+            for attempt in 0..len {
+                let idx = start + (first + attempt) % len;
+                if self.blocked[idx] {
+                    continue;
+                }
                 let c = &self.consumers[idx];
-                if blocked[idx] || !c.has_credit() {
+                if !c.has_credit() {
+                    self.blocked[idx] = true;
                     continue;
                 }
                 match c.spec.limiter.acquire(&self.me, !c.spec.no_ack) {
                     Credit::Granted { counted } => {
-                        chosen = Some((idx, counted));
-                        break;
+                        self.next_consumer = if idx + 1 == end { start } else { idx + 1 };
+                        return Some((idx, counted));
                     }
-                    Credit::Blocked => blocked[idx] = true,
+                    Credit::Blocked => self.blocked[idx] = true,
                 }
             }
-            let Some((idx, counted_global)) = chosen else {
-                break 'messages;
+            self.group_blocked[g] = true;
+        }
+        None
+    }
+
+    /// Hands ready messages to consumers with credit (see [`Self::pick_consumer`]).
+    fn dispatch(&mut self) {
+        if self.consumers.is_empty() || self.ready.is_empty() {
+            return;
+        }
+        self.blocked.clear();
+        self.blocked.resize(self.consumers.len(), false);
+        self.group_blocked.clear();
+        self.group_blocked.resize(self.groups.len(), false);
+        let mut out: Vec<(ConnHandle, Vec<Delivery>)> = Vec::new();
+        while !self.ready.is_empty() {
+            let Some((idx, counted_global)) = self.pick_consumer() else {
+                break;
             };
-            self.next_consumer = (idx + 1) % n;
             let mut entry = self.pop_ready().expect("checked non-empty");
             if entry.expires_at.is_some_and(|t| t <= Instant::now()) {
                 if counted_global {
@@ -697,6 +874,7 @@ impl Queue {
                 self.discard(vec![entry], Reason::Expired);
                 continue;
             }
+            let msg = self.outgoing(&entry, false);
             entry.deliveries += 1;
             if entry.persisted {
                 if self.consumers[idx].spec.no_ack {
@@ -709,7 +887,7 @@ impl Queue {
             let delivery = Delivery {
                 chan_key: c.spec.chan_key,
                 consumer_tag: c.spec.tag.clone(),
-                msg: entry.msg.clone(),
+                msg,
                 msg_id: entry.id,
                 redelivered: entry.redelivered,
                 queue: Some(self.me.clone()),
@@ -769,6 +947,24 @@ impl Queue {
                 consumer_tag: c.spec.tag.clone(),
             });
         }
+        self.consumers_changed();
+    }
+
+    /// `x-expires`: (re)starts the unused-queue timer while the queue has no
+    /// consumers (called on declare, basic.get and when consumers go, as
+    /// RabbitMQ's `ensure_expiry_timer`); a queue with consumers never expires.
+    fn touch(&mut self) {
+        self.unused_until = match self.me.info.args.expires {
+            Some(ms) if self.consumers.is_empty() => {
+                Some(Instant::now() + std::time::Duration::from_millis(ms))
+            }
+            _ => None,
+        };
+    }
+
+    /// Whether `x-expires` ran out: no consumers, and not used for that long.
+    fn unused_expired(&self) -> bool {
+        self.consumers.is_empty() && self.unused_until.is_some_and(|t| t <= Instant::now())
     }
 
     fn should_auto_delete(&self) -> bool {

@@ -12,7 +12,8 @@
 //!    `rabbit_amqqueue:declare_args/0`:
 //!    `invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-1}`.
 //! 4. Arguments that belong to another queue type are refused (`check_arguments_key`):
-//!    `invalid arg 'x-delivery-limit' for queue 'q' in vhost '/' of queue type rabbit_classic_queue`.
+//!    `invalid arg 'x-max-age' for queue 'q' in vhost '/' of queue type rabbit_classic_queue`.
+//!    (`x-delivery-limit` is taken by classic queues too: a WarrenMQ extension.)
 //! 5. Quorum queues must be durable, not exclusive and not auto-delete
 //!    (`rabbit_queue_type_util`): `invalid property 'non-durable' for queue 'q' in vhost '/'`.
 //!
@@ -127,6 +128,8 @@ const CLASSIC_ARGS: &[&str] = &[
     "x-single-active-consumer",
     "x-queue-type",
     "x-queue-master-locator",
+    // WarrenMQ: poison-message limits on classic queues too (RabbitMQ: quorum only).
+    "x-delivery-limit",
 ];
 
 const QUORUM_ARGS: &[&str] = &[
@@ -193,8 +196,9 @@ pub struct QueueArgs {
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`.
     pub single_active_consumer: bool,
-    /// `x-delivery-limit`: quorum only; defaults to [`QUORUM_DEFAULT_DELIVERY_LIMIT`], a
-    /// negative value means unlimited (RabbitMQ 4). Always `None` for classic queues.
+    /// `x-delivery-limit`: a message returned more often is dead-lettered or dropped.
+    /// Quorum queues default to [`QUORUM_DEFAULT_DELIVERY_LIMIT`]; a negative value
+    /// means unlimited (RabbitMQ 4). Classic queues take it too (WarrenMQ), no default.
     pub delivery_limit: Option<u32>,
     /// `x-consumer-timeout` in ms (RabbitMQ 4 queue argument).
     pub consumer_timeout: Option<u64>,
@@ -631,13 +635,15 @@ impl QueueArgs {
             if !durable {
                 return Err(ctx.property("non-durable"));
             }
-            // RabbitMQ 4: negative = unlimited, non-integer = the default.
-            out.delivery_limit = match get("x-delivery-limit").and_then(int_value) {
-                Some(n) if n < 0 => None,
-                Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
-                None => Some(QUORUM_DEFAULT_DELIVERY_LIMIT),
-            };
         }
+        // RabbitMQ 4: negative = unlimited, non-integer = the default (quorum
+        // queues: 20; classic queues, where the limit is a WarrenMQ extension: none).
+        out.delivery_limit = match get("x-delivery-limit").and_then(int_value) {
+            Some(n) if n < 0 => None,
+            Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            None if qtype == QueueType::Quorum => Some(QUORUM_DEFAULT_DELIVERY_LIMIT),
+            None => None,
+        };
 
         // 6. Deduplication (LavinMQ / rabbitmq-message-deduplication arguments).
         let (enabled, d) = parse_dedup(args, &ctx)?;
@@ -1536,7 +1542,7 @@ mod tests {
         let e = classic(&[("x-max-priority", i(300)), ("x-max-length", i(-1))]).unwrap_err();
         assert!(e.text.contains("'x-max-length'"), "{}", e.text);
         // Values before arguments of other queue types.
-        let e = classic(&[("x-delivery-limit", i(1)), ("x-message-ttl", i(-1))]).unwrap_err();
+        let e = classic(&[("x-max-age", i(1)), ("x-message-ttl", i(-1))]).unwrap_err();
         assert!(e.text.contains("'x-message-ttl'"), "{}", e.text);
         // Values before quorum properties.
         let e = QueueArgs::parse(
@@ -1554,7 +1560,6 @@ mod tests {
     #[test]
     fn arguments_of_other_queue_types_are_refused() {
         for key in [
-            "x-delivery-limit",
             "x-dead-letter-strategy",
             "x-max-age",
             "x-quorum-initial-group-size",
@@ -1666,12 +1671,18 @@ mod tests {
             "{}",
             e.text
         );
+        // Classic queues take x-delivery-limit too (WarrenMQ), without a default.
         assert_eq!(
             classic(&[("x-delivery-limit", i(1))])
-                .map(|_| ())
-                .unwrap_err()
-                .code,
-            ReplyCode::PreconditionFailed
+                .unwrap()
+                .delivery_limit,
+            Some(1)
+        );
+        assert_eq!(
+            classic(&[("x-delivery-limit", i(-1))])
+                .unwrap()
+                .delivery_limit,
+            None
         );
         assert_eq!(classic(&[]).unwrap().delivery_limit, None);
     }

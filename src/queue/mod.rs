@@ -194,6 +194,8 @@ pub struct ConsumerSpec {
     pub prefetch: u32,
     /// Exclusive consumer.
     pub exclusive: bool,
+    /// Consumer priority (`x-priority`, default 0): higher ones get messages first.
+    pub priority: i64,
     /// Channel limiter (global prefetch, flow).
     pub limiter: Arc<ChannelLimiter>,
 }

@@ -84,6 +84,9 @@ impl<T: HasId> ReadyQueue<T> {
 
     /// The level `item` lives in: its priority, capped at the maximum.
     fn level_of(&self, item: &T) -> usize {
+        if self.max_priority.is_none() {
+            return 0; // not a priority queue: the property is not even read
+        }
         usize::from(item.priority()).min(self.levels.len() - 1)
     }
 
@@ -189,6 +192,13 @@ impl<T: HasId> ReadyQueue<T> {
         for item in items {
             self.requeue(item);
         }
+    }
+
+    /// Whether a message with this id is ready (a binary search per non-empty level).
+    pub fn contains_id(&self, id: u64) -> bool {
+        self.levels
+            .iter()
+            .any(|q| !q.is_empty() && q.binary_search_by_key(&id, |e| e.id()).is_ok())
     }
 
     /// The ready messages in delivery order.
