@@ -807,3 +807,43 @@ async fn slow_no_ack_consumer_resumes_after_the_socket_drains() {
     assert_eq!(delivered, N);
     broker.shutdown().await;
 }
+
+/// The connection remembers exchanges it published to; deleting one (from
+/// another connection) must still make the next publish fail with 404.
+#[tokio::test]
+async fn publishing_to_an_exchange_deleted_since_the_last_publish_fails_with_404() {
+    let broker = TestBroker::start().await;
+    let conn = broker.amqprs().await;
+    let (ch, mut events) = amqprs_channel(&conn).await;
+    let x = unique("gone");
+    let q = amqprs_temp_queue(&ch).await;
+    ch.exchange_declare(amqprs::channel::ExchangeDeclareArguments::new(&x, "fanout"))
+        .await
+        .unwrap();
+    ch.queue_bind(amqprs::channel::QueueBindArguments::new(&q, &x, ""))
+        .await
+        .unwrap();
+    let publish = |body: &'static [u8]| {
+        ch.basic_publish(
+            amqprs::BasicProperties::default(),
+            body.to_vec(),
+            amqprs::channel::BasicPublishArguments::new(&x, ""),
+        )
+    };
+    publish(b"first").await.unwrap();
+    // A round trip on the same channel: the publish has been routed.
+    let mut passive = amqprs::channel::QueueDeclareArguments::new(&q);
+    passive.passive(true);
+    let (_, messages, _) = ch.queue_declare(passive).await.unwrap().unwrap();
+    assert_eq!(messages, 1);
+    let other = broker.amqprs().await;
+    let (och, _) = amqprs_channel(&other).await;
+    och.exchange_delete(amqprs::channel::ExchangeDeleteArguments::new(&x))
+        .await
+        .unwrap();
+    publish(b"second").await.unwrap();
+    let (code, text) = expect_amqprs_channel_close(&mut events).await;
+    assert_eq!(code, 404);
+    assert_eq!(text, format!("NOT_FOUND - no exchange '{x}' in vhost '/'"));
+    broker.shutdown().await;
+}

@@ -19,6 +19,7 @@ use crate::store::StoredMessage;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Where a binding leads.
@@ -111,6 +112,8 @@ pub struct VHost {
     /// Name.
     pub name: Arc<str>,
     exchanges: RwLock<HashMap<Arc<str>, Arc<Exchange>>>,
+    /// Bumped after every change to `exchanges`, so connections can cache lookups.
+    exchanges_version: AtomicU64,
     queues: RwLock<HashMap<Arc<str>, QueueHandle>>,
     ids: Arc<Ids>,
     storage: Option<Arc<Storage>>,
@@ -125,6 +128,7 @@ impl VHost {
         let vhost = Arc::new_cyclic(|me| VHost {
             name: name.into(),
             exchanges: RwLock::new(HashMap::new()),
+            exchanges_version: AtomicU64::new(0),
             queues: RwLock::new(HashMap::new()),
             ids,
             storage,
@@ -159,6 +163,15 @@ impl VHost {
     /// Looks up an exchange.
     pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
         self.exchanges.read().get(name).cloned()
+    }
+
+    /// Changes whenever an exchange is added or removed (see [`ExchangeCache`]).
+    pub fn exchanges_version(&self) -> u64 {
+        self.exchanges_version.load(Ordering::Acquire)
+    }
+
+    fn exchanges_changed(&self) {
+        self.exchanges_version.fetch_add(1, Ordering::Release);
     }
 
     /// Looks up a queue.
@@ -221,6 +234,7 @@ impl VHost {
         let durable = ex.durable;
         exchanges.insert(ex.name.clone(), Arc::new(ex));
         drop(exchanges);
+        self.exchanges_changed();
         if durable {
             self.persist();
         }
@@ -341,6 +355,7 @@ impl VHost {
         let Some(ex) = self.exchanges.write().remove(name) else {
             return;
         };
+        self.exchanges_changed();
         if let Some(delayed) = &ex.delayed {
             delayed.delete();
         }
@@ -739,6 +754,7 @@ impl VHost {
             messages += held.as_ref().map_or(0, Vec::len);
             let e = self.build_exchange(&decl, kind, &ext, held);
             self.exchanges.write().insert(e.name.clone(), Arc::new(e));
+            self.exchanges_changed();
         }
         for q in &defs.queues {
             let msgs = recovered
@@ -1014,5 +1030,45 @@ fn new_exchange(
         bindings: RwLock::new(Bindings::new(kind)),
         delayed: None,
         dedup: None,
+    }
+}
+
+/// A connection's memo of exchange lookups, so that publishing takes no lock on
+/// the vhost's exchange map: valid while [`VHost::exchanges_version`] is
+/// unchanged, cleared otherwise.
+#[derive(Debug, Default)]
+pub struct ExchangeCache {
+    version: u64,
+    last: Option<Arc<Exchange>>,
+    by_name: HashMap<Arc<str>, Arc<Exchange>>,
+}
+
+/// Exchanges a connection remembers at most (beyond that it looks them up).
+const EXCHANGE_CACHE_MAX: usize = 64;
+
+impl ExchangeCache {
+    /// The exchange `name` of `vhost` (`None` if it does not exist).
+    pub fn get(&mut self, vhost: &VHost, name: &str) -> Option<Arc<Exchange>> {
+        let version = vhost.exchanges_version();
+        if version != self.version {
+            self.version = version;
+            self.last = None;
+            self.by_name.clear();
+        }
+        if let Some(ex) = self.last.as_ref().filter(|ex| &*ex.name == name) {
+            return Some(ex.clone());
+        }
+        let ex = match self.by_name.get(name) {
+            Some(ex) => ex.clone(),
+            None => {
+                let ex = vhost.exchange(name)?;
+                if self.by_name.len() < EXCHANGE_CACHE_MAX {
+                    self.by_name.insert(ex.name.clone(), ex.clone());
+                }
+                ex
+            }
+        };
+        self.last = Some(ex.clone());
+        Some(ex)
     }
 }

@@ -45,6 +45,8 @@ pub struct ConnCtx {
     /// When to check the channels' consumer acknowledgement timeouts next
     /// (never later than the earliest deadline; may be earlier).
     pub ack_deadline: Option<std::time::Instant>,
+    /// Exchange lookups for publishing, without the vhost's lock.
+    pub exchanges: crate::broker::vhost::ExchangeCache,
 }
 
 impl ConnCtx {
@@ -72,6 +74,7 @@ impl ConnCtx {
             settles: Vec::new(),
             congested: None,
             ack_deadline: None,
+            exchanges: Default::default(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! direct reply-to, and transactions (`tx.select/commit/rollback`).
 
 use super::{Channel, ConnCtx, UnackedEntry};
-use crate::broker::REPLY_TO_QUEUE;
+use crate::broker::{Exchange, REPLY_TO_QUEUE};
 use crate::message::Message;
 use crate::protocol::codec::ContentHeader;
 use crate::protocol::{AmqpError, AmqpResult, ReplyCode};
@@ -32,27 +32,30 @@ impl Channel {
         body: Bytes,
     ) -> AmqpResult<()> {
         let check = self.check_publish(ctx, &p, &header);
-        check.map_err(|e| e.on_method(60, 40))?;
+        let ex = check.map_err(|e| e.on_method(60, 40))?;
         if let Some(tx) = self.tx.as_mut() {
             tx.publishes.push((p, header, body));
             return Ok(());
         }
-        self.route_publish(ctx, p, header, body);
+        self.route_publish(ctx, p, header, body, ex);
         Ok(())
     }
 
+    /// RabbitMQ's publish checks; returns the target exchange (looked up once,
+    /// from the connection's cache).
     fn check_publish(
         &self,
-        ctx: &ConnCtx,
+        ctx: &mut ConnCtx,
         p: &basic::Publish,
         header: &ContentHeader,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<Option<Arc<Exchange>>> {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
         let exchange = p.exchange.as_str();
+        let ex = ctx.exchanges.get(&ctx.vhost, exchange);
         if !exchange.is_empty() {
-            match ctx.vhost.exchange(exchange) {
+            match &ex {
                 None => return Err(AmqpError::no_exchange(exchange, &ctx.vhost.name)),
                 Some(ex) if ex.internal => {
                     return Err(AmqpError::access_refused(format_args!(
@@ -80,16 +83,18 @@ impl Channel {
                 )));
             }
         }
-        Ok(())
+        Ok(ex)
     }
 
-    /// Routes one publish and queues it into the per-queue batches.
+    /// Routes one publish to `ex` (its exchange, if it exists) and queues it
+    /// into the per-queue batches.
     fn route_publish(
         &mut self,
         ctx: &mut ConnCtx,
         p: basic::Publish,
         mut header: ContentHeader,
         body: Bytes,
+        ex: Option<Arc<Exchange>>,
     ) {
         let exchange = p.exchange.as_str();
         let routing_key = p.routing_key.as_str();
@@ -114,7 +119,7 @@ impl Channel {
         let mut held = false;
         if exchange.is_empty() && routing_key.starts_with(REPLY_TO_QUEUE) {
             routed = self.publish_reply(ctx, routing_key, &msg);
-        } else if let Some(ex) = ctx.vhost.exchange(exchange) {
+        } else if let Some(ex) = ex {
             let mut targets = std::mem::take(&mut ctx.route_buf);
             let published =
                 ctx.vhost
@@ -200,7 +205,8 @@ impl Channel {
         };
         self.tx = Some(TxBuffer::default());
         for (p, header, body) in buffer.publishes {
-            self.route_publish(ctx, p, header, body);
+            let ex = ctx.exchanges.get(&ctx.vhost, p.exchange.as_str());
+            self.route_publish(ctx, p, header, body, ex);
         }
         let mut released = 0;
         for (entry, how) in buffer.acked.into_iter().zip(buffer.how) {
