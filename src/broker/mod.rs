@@ -55,6 +55,8 @@ pub struct Broker {
     pub config: Arc<Config>,
     /// Id allocator.
     pub ids: Arc<Ids>,
+    /// Memory and disk alarms (sampled by the monitor task the server starts).
+    pub alarms: Arc<crate::alarm::ResourceAlarms>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     reply_to: Mutex<HashMap<String, ReplyConsumer>>,
 }
@@ -69,9 +71,11 @@ impl Broker {
             .iter()
             .map(|n| (n.clone(), VHost::new(n, ids.clone(), storage.clone())))
             .collect();
+        let alarms = Arc::new(crate::alarm::ResourceAlarms::new(&config.resources));
         Arc::new(Broker {
             config,
             ids,
+            alarms,
             vhosts: RwLock::new(vhosts),
             reply_to: Mutex::new(HashMap::new()),
         })

@@ -93,6 +93,12 @@ impl Server {
             )
             .instrument(tracing::info_span!("listener", addr = %amqp_addr)),
         );
+        tasks.spawn(
+            broker
+                .alarms
+                .clone()
+                .run(config.data_dir.clone(), shutdown.clone()),
+        );
         info!(addr = %amqp_addr, "AMQP listener started");
         Ok(RunningServer {
             amqp_addr,
