@@ -95,6 +95,9 @@ impl Default for ResourcesConfig {
 pub struct StorageConfig {
     /// When publisher confirms for persistent messages are sent.
     pub fsync: FsyncPolicy,
+    /// Messages from the head of each durable queue whose bodies are kept in memory; bodies
+    /// of persistent messages further back are read back from disk (0 = keep all in memory).
+    pub queue_memory_window: usize,
 }
 
 /// `storage.fsync`.
@@ -111,6 +114,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             fsync: FsyncPolicy::Always,
+            queue_memory_window: 2048,
         }
     }
 }

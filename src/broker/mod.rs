@@ -32,6 +32,8 @@ pub struct Storage {
     pub data_dir: std::path::PathBuf,
     /// Serialises definitions writes.
     pub definitions_lock: Mutex<()>,
+    /// Messages per durable queue whose bodies stay in memory (`storage.queue_memory_window`).
+    pub queue_memory_window: usize,
 }
 
 /// The pseudo-queue name for direct reply-to.

@@ -346,6 +346,7 @@ impl VHost {
             (Some(storage), true) => Some(QueueStore {
                 handle: storage.store.clone(),
                 key: queue_key(&self.name, &info.name),
+                window: storage.queue_memory_window,
             }),
             _ => None,
         };

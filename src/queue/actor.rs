@@ -10,6 +10,7 @@
 use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, Reason};
 use super::limiter::Credit;
+use super::paging::{Body, Head, Pager};
 use super::{
     ChanKey, ConnEvent, ConnHandle, ConsumerSpec, Delivery, GetResult, PublishBatch, QueueCmd,
     QueueHandle, QueueInfo, Settle,
@@ -34,7 +35,8 @@ pub type OnAutoDelete = Box<dyn FnOnce(&QueueHandle) + Send>;
 #[derive(Debug)]
 struct Entry {
     id: u64,
-    msg: Arc<Message>,
+    /// The message, or only its index data when the body is paged out (`queue/paging.rs`).
+    msg: Body,
     redelivered: bool,
     /// Written to this queue's log (persistent message in a durable queue).
     persisted: bool,
@@ -50,6 +52,8 @@ pub struct QueueStore {
     pub handle: StoreHandle,
     /// This queue's key in the store.
     pub key: QueueKey,
+    /// Messages from the head whose bodies stay in memory (`storage.queue_memory_window`).
+    pub window: usize,
 }
 
 #[derive(Debug)]
@@ -84,6 +88,8 @@ struct Queue {
     vhost: Weak<VHost>,
     /// Body bytes of the ready messages (for `x-max-length-bytes`).
     ready_bytes: u64,
+    /// Keeps bodies beyond the in-memory window on disk only.
+    pager: Pager,
 }
 
 /// Starts a queue task and returns its handle. A durable queue gets its store
@@ -106,15 +112,20 @@ pub fn spawn(
         gauge: Arc::new(super::QueueGauge::default()),
     };
     let span = tracing::info_span!("queue", vhost = %handle.info.vhost, name = %handle.info.name);
+    let mut pager = Pager::new(
+        store.as_ref().map(|s| (&s.handle, s.key.as_str())),
+        store.as_ref().map_or(0, |s| s.window),
+    );
     let mut ready = VecDeque::with_capacity(recovered.len());
     let mut next_id = 1;
     for m in recovered {
         next_id = next_id.max(m.seq + 1);
+        pager.recovered_upto(m.seq);
         match Message::restore(&m.exchange, &m.routing_key, m.header, m.body) {
             Some(msg) => ready.push_back(Entry {
                 id: m.seq,
                 expires_at: expiry(&handle.info.args, &msg),
-                msg,
+                msg: pager.admit(msg, true, ready.len()),
                 redelivered: m.redelivered || m.delivery_count > 0,
                 persisted: true,
                 deliveries: m.delivery_count,
@@ -138,6 +149,7 @@ pub fn spawn(
         on_auto_delete: Some(on_auto_delete),
         store,
         vhost,
+        pager,
     };
     tokio::spawn(queue.run(rx, ctl_rx).instrument(span));
     handle
@@ -183,6 +195,8 @@ impl Queue {
             drop(cmds);
             self.expire();
             self.dispatch();
+            self.pager
+                .prefetch(self.ready.iter().map(|e| (e.id, &e.msg)), &self.me);
             self.me.gauge.update(self.ready.len(), self.consumers.len());
             if self.should_auto_delete() {
                 self.auto_delete();
@@ -293,6 +307,7 @@ impl Queue {
                 return Flow::Stop;
             }
             QueueCmd::Wake => {}
+            QueueCmd::PagedIn(batch) => self.pager.paged_in(*batch),
         }
         Flow::Continue
     }
@@ -338,6 +353,7 @@ impl Queue {
                 });
             }
             let expires_at = expiry(&self.me.info.args, &msg);
+            let msg = self.pager.admit(msg, persisted, self.ready.len());
             self.push_ready(Entry {
                 id,
                 msg,
@@ -355,23 +371,29 @@ impl Queue {
         if let Some(store) = &self.store {
             if !stored.is_empty() {
                 // Confirms for persistent messages wait for the group commit.
-                let done = match (&conn, durable_confirms.is_empty()) {
-                    (Some(conn), false) => {
-                        let tx = conn.tx.clone();
-                        let name = self.me.info.name.clone();
-                        Some(Box::new(move |result: std::io::Result<()>| {
-                            if let Err(e) = &result {
-                                tracing::error!(queue = %name, error = %e, "store write failed, nacking");
-                            }
-                            let _ = tx.send(ConnEvent::Confirms {
-                                tags: durable_confirms,
-                                ok: result.is_ok(),
-                            });
-                        }) as crate::store::Completion)
-                    }
+                let confirm_to = match (&conn, durable_confirms.is_empty()) {
+                    (Some(conn), false) => Some(conn.tx.clone()),
                     _ => None,
                 };
-                store.handle.append(&store.key, stored, done);
+                let name = self.me.info.name.clone();
+                let (hi, me, appended) = (
+                    stored.last().map_or(0, |m| m.seq),
+                    self.me.clone(),
+                    self.pager.appended(),
+                );
+                let done: crate::store::Completion = Box::new(move |result| {
+                    if let Err(e) = &result {
+                        tracing::error!(queue = %name, error = %e, "store write failed, nacking");
+                    }
+                    appended(hi, &me);
+                    if let Some(tx) = confirm_to {
+                        let _ = tx.send(ConnEvent::Confirms {
+                            tags: durable_confirms,
+                            ok: result.is_ok(),
+                        });
+                    }
+                });
+                store.handle.append(&store.key, stored, Some(done));
             }
         }
         if let Some(conn) = &conn {
@@ -425,7 +447,46 @@ impl Queue {
             .map(|e| e.id)
             .collect();
         self.forget(gone);
-        self.dead_letter(entries.into_iter().map(|e| e.msg).collect(), reason);
+        let msgs = self.messages_of(entries);
+        self.dead_letter(msgs, reason);
+    }
+
+    /// The messages of entries leaving the queue, for dead-lettering: paged bodies are read
+    /// back only if the queue has a dead-letter exchange.
+    fn messages_of(&mut self, entries: Vec<Entry>) -> Vec<Arc<Message>> {
+        let dlx = self.me.info.args.dead_letter_exchange.is_some();
+        let mut out = Vec::with_capacity(entries.len());
+        for mut e in entries {
+            match (&self.store, dlx) {
+                (Some(store), true) => {
+                    out.extend(
+                        self.pager
+                            .load_now(&store.handle, &store.key, e.id, &mut e.msg),
+                    );
+                }
+                _ => {
+                    self.pager.forget(e.id, &e.msg);
+                    out.extend(e.msg.loaded().cloned());
+                }
+            }
+        }
+        out
+    }
+
+    /// Drops heads whose bodies were lost; false if the head's body is still being read.
+    fn head_ready(&mut self) -> bool {
+        while let Some(e) = self.ready.front() {
+            match self.pager.head(e.id, &e.msg) {
+                Head::Ready => return true,
+                Head::Wait => return false,
+                Head::Lost => {
+                    let e = self.pop_ready().expect("front exists");
+                    self.pager.forget(e.id, &e.msg);
+                    self.forget(vec![e.id]);
+                }
+            }
+        }
+        false
     }
 
     /// Drops expired messages from the head (they are never delivered).
@@ -545,9 +606,20 @@ impl Queue {
     fn get(&mut self, chan_key: ChanKey, no_ack: bool) -> Option<GetResult> {
         self.expire();
         let mut entry = self.pop_ready()?;
+        let msg = match &self.store {
+            Some(store) => self
+                .pager
+                .load_now(&store.handle, &store.key, entry.id, &mut entry.msg),
+            None => entry.msg.loaded().cloned(),
+        };
+        let Some(msg) = msg else {
+            // Its body could not be read back (logged): it is gone; try the next one.
+            self.forget(vec![entry.id]);
+            return self.get(chan_key, no_ack);
+        };
         entry.deliveries += 1;
         let result = GetResult {
-            msg: entry.msg.clone(),
+            msg,
             msg_id: entry.id,
             redelivered: entry.redelivered,
             remaining: self.ready.len() as u32,
@@ -588,7 +660,7 @@ impl Queue {
                 gone.push(u.entry.id);
             }
             if how == Settle::Discard {
-                rejected.push(u.entry.msg);
+                rejected.extend(u.entry.msg.loaded().cloned());
             }
         }
         self.forget(gone);
@@ -646,7 +718,7 @@ impl Queue {
         let n = self.consumers.len();
         let mut blocked = vec![false; n];
         let mut out: Vec<(ConnHandle, Vec<Delivery>)> = Vec::new();
-        'messages: while !self.ready.is_empty() {
+        'messages: while self.head_ready() {
             let mut chosen = None;
             for attempt in 0..n {
                 let idx = (self.next_consumer + attempt) % n;
@@ -667,6 +739,10 @@ impl Queue {
             };
             self.next_consumer = (idx + 1) % n;
             let mut entry = self.pop_ready().expect("checked non-empty");
+            let msg = self
+                .pager
+                .take(entry.id, &mut entry.msg)
+                .expect("head_ready checked the body is in memory");
             if entry.expires_at.is_some_and(|t| t <= Instant::now()) {
                 if counted_global {
                     self.consumers[idx].spec.limiter.release(1);
@@ -686,7 +762,7 @@ impl Queue {
             let delivery = Delivery {
                 chan_key: c.spec.chan_key,
                 consumer_tag: c.spec.tag.clone(),
-                msg: entry.msg.clone(),
+                msg,
                 msg_id: entry.id,
                 redelivered: entry.redelivered,
                 queue: Some(self.me.clone()),
@@ -727,7 +803,7 @@ impl Queue {
                     .filter(|d| !d.needs_ack)
                     .map(|d| Entry {
                         id: d.msg_id,
-                        msg: d.msg,
+                        msg: Body::Loaded(d.msg),
                         redelivered: true,
                         persisted: false,
                         deliveries: 1,

@@ -10,6 +10,7 @@ pub mod actor;
 pub mod args;
 pub mod dead_letter;
 pub mod limiter;
+pub mod paging;
 pub mod ready;
 
 use crate::message::Message;
@@ -270,6 +271,8 @@ pub enum QueueCmd {
     ChannelClosed(ChanKey),
     /// Capacity freed somewhere (flow on, global prefetch, connection drained).
     Wake,
+    /// Message bodies read back from the store (see [`paging`]).
+    PagedIn(Box<paging::PageIn>),
 }
 
 impl QueueCmd {
@@ -281,6 +284,7 @@ impl QueueCmd {
                 | QueueCmd::Cancel(..)
                 | QueueCmd::ChannelClosed(_)
                 | QueueCmd::Wake
+                | QueueCmd::PagedIn(_)
         )
     }
 }

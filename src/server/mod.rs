@@ -133,6 +133,7 @@ async fn open_storage(config: Arc<Config>) -> Result<(Store, Arc<Broker>), Start
         store: handle.clone(),
         data_dir: config.data_dir.clone(),
         definitions_lock: parking_lot::Mutex::new(()),
+        queue_memory_window: config.storage.queue_memory_window,
     });
     let broker = Broker::new(config.clone(), Some(storage));
     let (mut queues, mut messages) = (0, 0);
