@@ -4,6 +4,9 @@
 //! message takes the paged path, and check that consumers, `basic.get`, dead-lettering and a
 //! restart all see every message, in order, with its body and properties.
 //!
+//! Transient messages are paged out (to a page log) only under memory pressure; the last test
+//! forces that with a tiny `resources.vm_memory_high_watermark_paging_ratio`.
+//!
 //! The window is a WarrenMQ setting and the tests restart the broker, so they run on the
 //! in-process broker only (skipped with `WARRENMQ_TEST_URL`).
 
@@ -168,5 +171,73 @@ async fn paged_messages_are_dead_lettered_with_their_bodies() {
     assert!(eventually(|| async { message_count(&ch, &dead).await == 60 }).await);
     consume_range(&conn, &dead, 0..60).await;
     consume_range(&conn, &q, 60..80).await;
+    broker.shutdown().await;
+}
+
+/// Page-log directories in the store (their names start with the encoded NUL of the key).
+fn page_logs(broker: &TestBroker) -> usize {
+    let dir = broker.data_dir().expect("in-process").join("store/queues");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("%00page"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn transient_backlog_is_paged_out_under_memory_pressure() {
+    if std::env::var("WARRENMQ_TEST_URL").is_ok() {
+        eprintln!("skipped: needs the in-process broker");
+        return;
+    }
+    let mut broker = TestBroker::start_with(|c| {
+        c.storage.queue_memory_window = WINDOW;
+        // Paging watermark = 0.4 of RAM x 1e-9: a few bytes, always exceeded.
+        c.resources.vm_memory_high_watermark_paging_ratio = 1e-9;
+    })
+    .await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let q = shared_queue(&ch).await;
+    let durable = durable_queue(&ch, no_args()).await;
+    let transient = |i: usize| props(i).with_delivery_mode(1);
+    for i in 0..300 {
+        publish_confirmed_props(&ch, "", &q, &body(i), transient(i)).await;
+    }
+    for i in 0..50 {
+        publish_confirmed_props(&ch, "", &durable, &body(i), transient(i)).await;
+    }
+    assert!(
+        eventually(|| async { page_logs(&broker) == 2 }).await,
+        "both queues wrote a page log"
+    );
+    let m = get(&ch, &q).await.expect("a message");
+    assert_eq!(m.delivery.data, body(0));
+    m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    let ch2 = channel(&conn).await;
+    ch2.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = consume(&ch2, &q).await;
+    for i in 1..300 {
+        let d = next(&mut consumer).await;
+        assert_eq!(d.data, body(i), "message {i}");
+        assert_eq!(d.properties.delivery_mode(), &Some(1));
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    delete_queue(&conn, &q).await;
+    assert!(
+        eventually(|| async { page_logs(&broker) == 1 }).await,
+        "queue.delete removes the page log"
+    );
+    let _ = conn.close(200, "restart".into()).await;
+    broker.restart().await;
+    // Transient messages do not survive a restart, and neither does their page log.
+    let conn = broker.lapin().await;
+    let ch = channel(&conn).await;
+    assert_eq!(message_count(&ch, &durable).await, 0);
+    assert_eq!(page_logs(&broker), 0);
     broker.shutdown().await;
 }

@@ -32,8 +32,10 @@ pub struct Storage {
     pub data_dir: std::path::PathBuf,
     /// Serialises definitions writes.
     pub definitions_lock: Mutex<()>,
-    /// Messages per durable queue whose bodies stay in memory (`storage.queue_memory_window`).
+    /// Messages per queue whose bodies stay in memory (`storage.queue_memory_window`).
     pub queue_memory_window: usize,
+    /// The broker's resource alarms (queues page transient bodies out under memory pressure).
+    pub alarms: Arc<crate::alarm::ResourceAlarms>,
 }
 
 /// The pseudo-queue name for direct reply-to.
@@ -73,7 +75,10 @@ impl Broker {
             .iter()
             .map(|n| (n.clone(), VHost::new(n, ids.clone(), storage.clone())))
             .collect();
-        let alarms = Arc::new(crate::alarm::ResourceAlarms::new(&config.resources));
+        let alarms = storage.as_ref().map_or_else(
+            || Arc::new(crate::alarm::ResourceAlarms::new(&config.resources)),
+            |s| s.alarms.clone(),
+        );
         Arc::new(Broker {
             config,
             ids,

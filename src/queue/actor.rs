@@ -10,7 +10,7 @@
 use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, Reason};
 use super::limiter::Credit;
-use super::paging::{Body, Head, Pager};
+use super::paging::{Body, Head, Pager, PagingSetup};
 use super::{
     ChanKey, ConnEvent, ConnHandle, ConsumerSpec, Delivery, GetResult, PublishBatch, QueueCmd,
     QueueHandle, QueueInfo, Settle,
@@ -46,7 +46,7 @@ struct Entry {
     expires_at: Option<Instant>,
 }
 
-/// A durable queue's link to the message store.
+/// A queue's link to the message store: its durable log (durable queues) and its page log.
 pub struct QueueStore {
     /// The store.
     pub handle: StoreHandle,
@@ -54,6 +54,10 @@ pub struct QueueStore {
     pub key: QueueKey,
     /// Messages from the head whose bodies stay in memory (`storage.queue_memory_window`).
     pub window: usize,
+    /// Persistent messages are written to the durable log `key` (durable, non-exclusive queue).
+    pub durable: bool,
+    /// Memory watermarks, for paging transient messages out under memory pressure.
+    pub alarms: Option<Arc<crate::alarm::ResourceAlarms>>,
 }
 
 #[derive(Debug)]
@@ -112,10 +116,13 @@ pub fn spawn(
         gauge: Arc::new(super::QueueGauge::default()),
     };
     let span = tracing::info_span!("queue", vhost = %handle.info.vhost, name = %handle.info.name);
-    let mut pager = Pager::new(
-        store.as_ref().map(|s| (&s.handle, s.key.as_str())),
-        store.as_ref().map_or(0, |s| s.window),
-    );
+    let mut pager = Pager::new(store.as_ref().map(|s| PagingSetup {
+        store: s.handle.clone(),
+        log_key: s.durable.then(|| s.key.clone()),
+        page_key: super::paging::page_key(id, &s.key),
+        window: s.window,
+        alarms: s.alarms.clone(),
+    }));
     let mut ready = VecDeque::with_capacity(recovered.len());
     let mut next_id = 1;
     for m in recovered {
@@ -125,7 +132,7 @@ pub fn spawn(
             Some(msg) => ready.push_back(Entry {
                 id: m.seq,
                 expires_at: expiry(&handle.info.args, &msg),
-                msg: pager.admit(msg, true, ready.len()),
+                msg: pager.admit(msg, m.seq, true, ready.len()),
                 redelivered: m.redelivered || m.delivery_count > 0,
                 persisted: true,
                 deliveries: m.delivery_count,
@@ -270,7 +277,7 @@ impl Queue {
                 self.forget(gone);
                 let _ = reply.send(n);
             }
-            QueueCmd::Sync(reply) => match &self.store {
+            QueueCmd::Sync(reply) => match self.store.as_ref().filter(|s| s.durable) {
                 Some(store) => store.handle.flush(Box::new(move |_| {
                     let _ = reply.send(());
                 })),
@@ -303,6 +310,8 @@ impl Queue {
             }
             QueueCmd::ChannelClosed(chan_key) => self.channel_closed(chan_key),
             QueueCmd::Stop(reply) => {
+                // Paged-out transient messages do not survive a restart anyway.
+                self.pager.drop_page_log();
                 let _ = reply.send(());
                 return Flow::Stop;
             }
@@ -340,7 +349,7 @@ impl Queue {
             }
             let id = self.next_id;
             self.next_id += 1;
-            let persisted = self.store.is_some() && msg.is_persistent();
+            let persisted = self.store.as_ref().is_some_and(|s| s.durable) && msg.is_persistent();
             if persisted {
                 stored.push(StoredMessage {
                     seq: id,
@@ -353,7 +362,7 @@ impl Queue {
                 });
             }
             let expires_at = expiry(&self.me.info.args, &msg);
-            let msg = self.pager.admit(msg, persisted, self.ready.len());
+            let msg = self.pager.admit(msg, id, persisted, self.ready.len());
             self.push_ready(Entry {
                 id,
                 msg,
@@ -457,17 +466,11 @@ impl Queue {
         let dlx = self.me.info.args.dead_letter_exchange.is_some();
         let mut out = Vec::with_capacity(entries.len());
         for mut e in entries {
-            match (&self.store, dlx) {
-                (Some(store), true) => {
-                    out.extend(
-                        self.pager
-                            .load_now(&store.handle, &store.key, e.id, &mut e.msg),
-                    );
-                }
-                _ => {
-                    self.pager.forget(e.id, &e.msg);
-                    out.extend(e.msg.loaded().cloned());
-                }
+            if dlx {
+                out.extend(self.pager.load_now(e.id, &mut e.msg));
+            } else {
+                self.pager.forget(e.id, &e.msg);
+                out.extend(e.msg.loaded().cloned());
             }
         }
         out
@@ -606,13 +609,7 @@ impl Queue {
     fn get(&mut self, chan_key: ChanKey, no_ack: bool) -> Option<GetResult> {
         self.expire();
         let mut entry = self.pop_ready()?;
-        let msg = match &self.store {
-            Some(store) => self
-                .pager
-                .load_now(&store.handle, &store.key, entry.id, &mut entry.msg),
-            None => entry.msg.loaded().cloned(),
-        };
-        let Some(msg) = msg else {
+        let Some(msg) = self.pager.load_now(entry.id, &mut entry.msg) else {
             // Its body could not be read back (logged): it is gone; try the next one.
             self.forget(vec![entry.id]);
             return self.get(chan_key, no_ack);
@@ -829,10 +826,11 @@ impl Queue {
     }
 
     /// Deletes the queue's log (the queue itself is being deleted).
-    fn drop_log(&self) {
-        if let Some(store) = &self.store {
+    fn drop_log(&mut self) {
+        if let Some(store) = self.store.as_ref().filter(|s| s.durable) {
             store.handle.delete_queue(&store.key);
         }
+        self.pager.drop_page_log();
     }
 
     fn auto_delete(&mut self) {

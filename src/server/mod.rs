@@ -134,6 +134,7 @@ async fn open_storage(config: Arc<Config>) -> Result<(Store, Arc<Broker>), Start
         data_dir: config.data_dir.clone(),
         definitions_lock: parking_lot::Mutex::new(()),
         queue_memory_window: config.storage.queue_memory_window,
+        alarms: Arc::new(crate::alarm::ResourceAlarms::new(&config.resources)),
     });
     let broker = Broker::new(config.clone(), Some(storage));
     let (mut queues, mut messages) = (0, 0);
@@ -150,6 +151,11 @@ async fn open_storage(config: Arc<Config>) -> Result<(Store, Arc<Broker>), Start
         }
     }
     for (key, msgs) in logs {
+        if key.starts_with(crate::queue::paging::PAGE_KEY_PREFIX) {
+            // Paged-out transient messages of the previous run: gone with the restart.
+            handle.delete_queue(&key);
+            continue;
+        }
         warn!(
             key,
             messages = msgs.len(),

@@ -274,6 +274,11 @@ impl TestBroker {
         self.running.as_ref().map(|r| r.broker().alarms.clone())
     }
 
+    /// The in-process broker's data directory (`None` for an external broker).
+    pub fn data_dir(&self) -> Option<std::path::PathBuf> {
+        self.config.as_ref().map(|c| c.data_dir.clone())
+    }
+
     /// True when testing an external broker (RabbitMQ) instead of WarrenMQ.
     pub fn is_external(&self) -> bool {
         self.running.is_none()
