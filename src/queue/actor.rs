@@ -132,7 +132,7 @@ pub fn spawn(
             Some(msg) => ready.push_back(Entry {
                 id: m.seq,
                 expires_at: expiry(&handle.info.args, &msg),
-                msg: pager.admit(msg, m.seq, true, ready.len()),
+                msg: pager.admit(msg, true, ready.len()),
                 redelivered: m.redelivered || m.delivery_count > 0,
                 persisted: true,
                 deliveries: m.delivery_count,
@@ -202,6 +202,11 @@ impl Queue {
             drop(cmds);
             self.expire();
             self.dispatch();
+            self.pager.page_out_existing(
+                self.ready
+                    .iter_mut()
+                    .map(|e| (e.id, e.persisted, &mut e.msg)),
+            );
             self.pager
                 .prefetch(self.ready.iter().map(|e| (e.id, &e.msg)), &self.me);
             self.me.gauge.update(self.ready.len(), self.consumers.len());
@@ -362,7 +367,7 @@ impl Queue {
                 });
             }
             let expires_at = expiry(&self.me.info.args, &msg);
-            let msg = self.pager.admit(msg, id, persisted, self.ready.len());
+            let msg = self.pager.admit(msg, persisted, self.ready.len());
             self.push_ready(Entry {
                 id,
                 msg,

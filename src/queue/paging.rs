@@ -55,8 +55,10 @@ pub enum Body {
         size: u32,
         /// The message's `priority` property (0 if absent).
         priority: u8,
-        /// In the page log (transient), not the queue's durable log.
-        transient: bool,
+        /// `0`: in the queue's durable log, under its id. Otherwise the seq of its record in
+        /// the page log (page-log seqs are the pager's own, so older messages can be paged
+        /// out after newer ones).
+        page_seq: u64,
     },
 }
 
@@ -171,6 +173,11 @@ pub struct Pager {
     page_acks: Vec<u64>,
     /// The page log may exist on disk.
     page_log_used: bool,
+    /// Seq of the next page-log record.
+    next_page_seq: u64,
+    /// When ready messages already in memory were last paged out (see
+    /// [`Pager::page_out_existing`]).
+    last_sweep: Option<std::time::Instant>,
 }
 
 impl Pager {
@@ -193,6 +200,8 @@ impl Pager {
             page_out: Vec::new(),
             page_acks: Vec::new(),
             page_log_used: false,
+            next_page_seq: 1,
+            last_sweep: None,
         }
     }
 
@@ -201,24 +210,33 @@ impl Pager {
         self.window > 0
     }
 
-    /// The body to keep for message `id` entering the ready queue at `position` (0 = head).
+    /// The body to keep for a message entering the ready queue at `position` (0 = head).
     /// Beyond the window, a `persisted` message (already on its way to the durable log) keeps
     /// only its index entry, and so does any other message while memory is under pressure
     /// (it is written to the page log at the end of the round).
-    pub fn admit(&mut self, msg: Arc<Message>, id: u64, persisted: bool, position: usize) -> Body {
+    pub fn admit(&mut self, msg: Arc<Message>, persisted: bool, position: usize) -> Body {
         let Some(setup) = &self.setup else {
             return Body::Loaded(msg);
         };
         if position < self.window {
             return Body::Loaded(msg);
         }
-        let transient = !persisted;
-        if transient && !setup.alarms.as_ref().is_some_and(|a| a.memory_pressure()) {
+        if !persisted && !setup.alarms.as_ref().is_some_and(|a| a.memory_pressure()) {
             return Body::Loaded(msg);
         }
-        if transient {
+        self.page_out_one(&msg, persisted)
+    }
+
+    /// Drops the body of `msg` from memory: a persisted one is in the durable log already;
+    /// any other is queued for the page log.
+    fn page_out_one(&mut self, msg: &Message, persisted: bool) -> Body {
+        let page_seq = if persisted {
+            0
+        } else {
+            let seq = self.next_page_seq;
+            self.next_page_seq += 1;
             self.page_out.push(StoredMessage {
-                seq: id,
+                seq,
                 header: msg.raw_properties.clone(),
                 body: msg.body.clone(),
                 exchange: msg.exchange.to_string(),
@@ -226,12 +244,44 @@ impl Pager {
                 delivery_count: 0,
                 redelivered: false,
             });
-        }
+            seq
+        };
         self.paged += 1;
         Body::Paged {
             size: u32::try_from(msg.body_size()).unwrap_or(u32::MAX),
             priority: msg.properties.priority().unwrap_or(0),
-            transient,
+            page_seq,
+        }
+    }
+
+    /// Under memory pressure, pages out the bodies still in memory beyond the window (messages
+    /// that arrived before the pressure began, or were requeued there), as RabbitMQ pages a
+    /// queue out when it passes the paging watermark. At most once a second: it walks the
+    /// whole ready queue. `ready` yields `(id, persisted, body)` in delivery order.
+    pub fn page_out_existing<'a>(
+        &mut self,
+        ready: impl Iterator<Item = (u64, bool, &'a mut Body)>,
+    ) {
+        let Some(setup) = &self.setup else { return };
+        if !setup.alarms.as_ref().is_some_and(|a| a.memory_pressure())
+            || self
+                .last_sweep
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_sweep = Some(std::time::Instant::now());
+        let has_log = setup.log_key.is_some();
+        let mut n = 0;
+        for (_, persisted, body) in ready.skip(self.window) {
+            if let Body::Loaded(msg) = body {
+                let msg = msg.clone();
+                *body = self.page_out_one(&msg, persisted && has_log);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            debug!(messages = n, "paged out under memory pressure");
         }
     }
 
@@ -258,21 +308,21 @@ impl Pager {
     }
 
     /// A paged entry becomes loaded or leaves the queue.
-    fn unpage(&mut self, id: u64, transient: bool) {
+    fn unpage(&mut self, page_seq: u64) {
         self.paged = self.paged.saturating_sub(1);
         self.since_scan = self.since_scan.saturating_add(1);
-        if transient {
-            self.page_acks.push(id);
+        if page_seq != 0 {
+            self.page_acks.push(page_seq);
         }
     }
 
     /// The message of an entry leaving the ready queue, from memory or the cache; the entry's
     /// body becomes [`Body::Loaded`]. `None` if it is paged and not read back yet (or lost).
     pub fn take(&mut self, id: u64, body: &mut Body) -> Option<Arc<Message>> {
-        if let Body::Paged { transient, .. } = *body {
+        if let Body::Paged { page_seq, .. } = *body {
             self.lost.remove(&id);
             *body = Body::Loaded(self.cache.remove(&id)?);
-            self.unpage(id, transient);
+            self.unpage(page_seq);
         }
         body.loaded().cloned()
     }
@@ -283,9 +333,10 @@ impl Pager {
         if let Some(m) = self.take(id, body) {
             return Some(m);
         }
-        let Body::Paged { transient, .. } = *body else {
+        let Body::Paged { page_seq, .. } = *body else {
             return None;
         };
+        let transient = page_seq != 0;
         if transient {
             self.flush_page_out(None);
         }
@@ -304,8 +355,10 @@ impl Pager {
             }));
             let _ = rx.recv();
         }
-        let (_, res) = reader.read(&[id]).pop()?;
-        self.unpage(id, transient);
+        let (_, res) = reader
+            .read(&[if transient { page_seq } else { id }])
+            .pop()?;
+        self.unpage(page_seq);
         let msg = restore(id, res)?;
         *body = Body::Loaded(msg.clone());
         Some(msg)
@@ -313,10 +366,10 @@ impl Pager {
 
     /// Forgets an entry that left the queue without being delivered.
     pub fn forget(&mut self, id: u64, body: &Body) {
-        if let Body::Paged { transient, .. } = *body {
+        if let Body::Paged { page_seq, .. } = *body {
             self.cache.remove(&id);
             self.lost.remove(&id);
-            self.unpage(id, transient);
+            self.unpage(page_seq);
         }
     }
 
@@ -390,18 +443,23 @@ impl Pager {
         let mut seen = 0;
         for (pos, (id, body)) in ready.take(self.window).enumerate() {
             seen = pos + 1;
-            if let Body::Paged { transient, .. } = *body {
+            if let Body::Paged { page_seq, .. } = *body {
                 window.insert(id);
                 if self.cache.contains_key(&id) || self.lost.contains(&id) {
                     continue;
                 }
-                if id > if transient { page_upto } else { log_upto } {
+                let durable = if page_seq != 0 {
+                    page_seq <= page_upto
+                } else {
+                    id <= log_upto
+                };
+                if !durable {
                     blocked = true;
                     continue;
                 }
                 head_missing |= pos == 0;
-                if transient {
-                    wanted_page.push(id);
+                if page_seq != 0 {
+                    wanted_page.push((page_seq, id));
                 } else {
                     wanted_log.push(id);
                 }
@@ -438,7 +496,17 @@ impl Pager {
             if let Some(log) = &mut readers.log {
                 loaded.extend(log.read(&wanted_log));
             }
-            loaded.extend(readers.page.read(&wanted_page));
+            if !wanted_page.is_empty() {
+                let ids: HashMap<u64, u64> = wanted_page.iter().copied().collect();
+                let seqs: Vec<u64> = wanted_page.iter().map(|(s, _)| *s).collect();
+                loaded.extend(
+                    readers
+                        .page
+                        .read(&seqs)
+                        .into_iter()
+                        .map(|(seq, res)| (ids[&seq], res)),
+                );
+            }
             let loaded = loaded
                 .into_iter()
                 .map(|(id, res)| (id, restore(id, res)))
@@ -562,10 +630,10 @@ mod tests {
         let (_store, h, _) = Store::open(dir.path(), FsyncMode::Never).unwrap();
         let mut p = Pager::new(Some(setup(&h, None)));
         let m = message(7);
-        assert!(matches!(p.admit(m.clone(), 1, true, 3), Body::Loaded(_)));
-        assert!(matches!(p.admit(m.clone(), 2, false, 100), Body::Loaded(_)));
+        assert!(matches!(p.admit(m.clone(), true, 3), Body::Loaded(_)));
+        assert!(matches!(p.admit(m.clone(), false, 100), Body::Loaded(_)));
         assert!(p.page_out.is_empty());
-        let b = p.admit(m.clone(), 9, true, 4);
+        let b = p.admit(m.clone(), true, 4);
         assert!(b.loaded().is_none());
         assert_eq!(b.body_size(), m.body_size());
         assert_eq!(b.priority(), 2);
@@ -576,7 +644,7 @@ mod tests {
         p.forget(9, &b);
         assert_eq!(p.paged, 0);
         let mut disabled = Pager::new(None);
-        assert!(matches!(disabled.admit(m, 3, true, 100), Body::Loaded(_)));
+        assert!(matches!(disabled.admit(m, true, 100), Body::Loaded(_)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,7 +657,7 @@ mod tests {
         let mut ready: Vec<(u64, Body)> = msgs
             .iter()
             .enumerate()
-            .map(|(i, m)| (i as u64 + 1, p.admit(m.clone(), i as u64 + 1, true, i)))
+            .map(|(i, m)| (i as u64 + 1, p.admit(m.clone(), true, i)))
             .collect();
         assert_eq!(p.paged, 16);
         // Nothing is durable yet: no read, but a wake-up once the append completes.
@@ -642,7 +710,7 @@ mod tests {
             Body::Paged {
                 size: 1,
                 priority: 0,
-                transient: false,
+                page_seq: 0,
             },
         )];
         p.paged += 1;
@@ -668,7 +736,7 @@ mod tests {
         let mut p = Pager::new(Some(setup(&store, Some(alarms.clone()))));
         alarms.check(dir.path());
         let m = message(1);
-        assert!(matches!(p.admit(m.clone(), 1, false, 10), Body::Loaded(_)));
+        assert!(matches!(p.admit(m.clone(), false, 10), Body::Loaded(_)));
         // Pressure: paging watermark below the process's RSS.
         alarms.set_memory_high_watermark(crate::alarm::Watermark::Absolute(1));
         alarms.check(dir.path());
@@ -676,15 +744,11 @@ mod tests {
         let mut ready: Vec<(u64, Body)> = msgs
             .iter()
             .enumerate()
-            .map(|(i, m)| (i as u64 + 2, p.admit(m.clone(), i as u64 + 2, false, 4 + i)))
+            .map(|(i, m)| (i as u64 + 2, p.admit(m.clone(), false, 4 + i)))
             .collect();
-        assert!(ready.iter().all(|(_, b)| matches!(
-            b,
-            Body::Paged {
-                transient: true,
-                ..
-            }
-        )));
+        assert!(ready
+            .iter()
+            .all(|(_, b)| matches!(b, Body::Paged { page_seq: 1.., .. })));
         assert_eq!(p.page_out.len(), 8);
         // The round ends: page-outs go to the page log; the head waits for them, then reads.
         p.prefetch(ready.iter().map(|(id, b)| (*id, b)), &me);
@@ -703,11 +767,26 @@ mod tests {
             let got = p.take(*id, body).expect("paged in");
             assert_eq!(got.body, msgs[*id as usize - 2].body);
         }
-        assert_eq!(p.page_acks, vec![2, 3, 4, 5]);
+        assert_eq!(p.page_acks, vec![1, 2, 3, 4], "page-log seqs of ids 2..=5");
         // A synchronous read (basic.get) of one not prefetched yet.
         let (id, body) = &mut ready[6];
         let got = p.load_now(*id, body).expect("read synchronously");
         assert_eq!(got.body, msgs[6].body);
+        // Messages that were already in memory beyond the window are paged out too.
+        let mut early: Vec<Body> = (0..6).map(|i| Body::Loaded(message(i))).collect();
+        p.page_out_existing(
+            early
+                .iter_mut()
+                .enumerate()
+                .map(|(i, b)| (i as u64 + 100, false, b)),
+        );
+        assert!(early[..4].iter().all(|b| b.loaded().is_some()));
+        assert!(matches!(early[4], Body::Paged { page_seq: 9, .. }));
+        assert!(matches!(early[5], Body::Paged { page_seq: 10, .. }));
+        // At most one sweep a second.
+        let mut more = vec![Body::Loaded(message(1)); 6];
+        p.page_out_existing(more.iter_mut().map(|b| (0, false, b)));
+        assert!(more.iter().all(|b| b.loaded().is_some()));
         p.drop_page_log();
         assert!(!p.page_log_used);
     }
