@@ -57,6 +57,36 @@ pub struct Config {
     pub log: LogConfig,
     /// Durable storage.
     pub storage: StorageConfig,
+    /// Memory and disk resource alarms.
+    pub resources: ResourcesConfig,
+}
+
+/// `[resources]`: memory and disk watermarks (RabbitMQ's resource alarms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourcesConfig {
+    /// Memory high watermark as a fraction of total RAM.
+    pub vm_memory_high_watermark: f64,
+    /// Memory high watermark in bytes; when non-zero it replaces the relative one.
+    pub vm_memory_high_watermark_absolute: u64,
+    /// Fraction of the high watermark above which queues page message bodies out of RAM.
+    pub vm_memory_high_watermark_paging_ratio: f64,
+    /// Free disk space (bytes) on the data directory's file system below which publishers block.
+    pub disk_free_limit: u64,
+    /// How often memory and disk are sampled, in milliseconds.
+    pub check_interval_ms: u64,
+}
+
+impl Default for ResourcesConfig {
+    fn default() -> Self {
+        ResourcesConfig {
+            vm_memory_high_watermark: 0.4,
+            vm_memory_high_watermark_absolute: 0,
+            vm_memory_high_watermark_paging_ratio: 0.5,
+            disk_free_limit: 50_000_000,
+            check_interval_ms: 250,
+        }
+    }
 }
 
 /// `[storage]`: how durable messages reach the disk.
@@ -65,6 +95,9 @@ pub struct Config {
 pub struct StorageConfig {
     /// When publisher confirms for persistent messages are sent.
     pub fsync: FsyncPolicy,
+    /// Messages from the head of each durable queue whose bodies are kept in memory; bodies
+    /// of persistent messages further back are read back from disk (0 = keep all in memory).
+    pub queue_memory_window: usize,
 }
 
 /// `storage.fsync`.
@@ -81,6 +114,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             fsync: FsyncPolicy::Always,
+            queue_memory_window: 2048,
         }
     }
 }
@@ -169,6 +203,7 @@ impl Default for Config {
             vhosts: VhostsConfig::default(),
             log: LogConfig::default(),
             storage: StorageConfig::default(),
+            resources: ResourcesConfig::default(),
         }
     }
 }
@@ -280,6 +315,24 @@ impl Config {
                     format!("user '{}' is defined more than once", user.name),
                 );
             }
+        }
+        let r = &self.resources;
+        for (key, value) in [
+            (
+                "resources.vm_memory_high_watermark",
+                r.vm_memory_high_watermark,
+            ),
+            (
+                "resources.vm_memory_high_watermark_paging_ratio",
+                r.vm_memory_high_watermark_paging_ratio,
+            ),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return invalid(key, format!("{value} must be a number >= 0"));
+            }
+        }
+        if r.check_interval_ms == 0 {
+            return invalid("resources.check_interval_ms", "must be at least 1".into());
         }
         if self.vhosts.names.iter().any(|v| v.is_empty()) {
             return invalid("vhosts.names", "a vhost name must not be empty".into());

@@ -16,6 +16,7 @@
 //! - [`queue`]: one actor task per queue: ready messages, consumers, credit.
 //! - [`message`]: the immutable, shared message.
 //! - [`auth`]: SASL mechanisms and users.
+//! - [`alarm`]: memory and disk resource alarms (`connection.blocked`).
 //!
 //! ## Data path
 //! socket bytes → frame splitter → per-channel assembler → channel handler →
@@ -24,6 +25,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod alarm;
 pub mod auth;
 pub mod broker;
 pub mod channel;

@@ -7,7 +7,7 @@ use common::raw::{Enc, Outcome, RawConn, Tune, Value};
 use common::*;
 
 /// The capabilities WarrenMQ announces (RabbitMQ announces more).
-const CAPABILITIES: [&str; 7] = [
+const CAPABILITIES: [&str; 8] = [
     "publisher_confirms",
     "exchange_exchange_bindings",
     "basic.nack",
@@ -15,6 +15,7 @@ const CAPABILITIES: [&str; 7] = [
     "per_consumer_qos",
     "direct_reply_to",
     "authentication_failure_close",
+    "connection.blocked",
 ];
 
 #[tokio::test]

@@ -34,6 +34,10 @@ pub struct Storage {
     pub data_dir: std::path::PathBuf,
     /// Serialises definitions writes.
     pub definitions_lock: Mutex<()>,
+    /// Messages per queue whose bodies stay in memory (`storage.queue_memory_window`).
+    pub queue_memory_window: usize,
+    /// The broker's resource alarms (queues page transient bodies out under memory pressure).
+    pub alarms: Arc<crate::alarm::ResourceAlarms>,
 }
 
 /// The pseudo-queue name for direct reply-to.
@@ -57,6 +61,8 @@ pub struct Broker {
     pub config: Arc<Config>,
     /// Id allocator.
     pub ids: Arc<Ids>,
+    /// Memory and disk alarms (sampled by the monitor task the server starts).
+    pub alarms: Arc<crate::alarm::ResourceAlarms>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     reply_to: Mutex<HashMap<String, ReplyConsumer>>,
 }
@@ -71,9 +77,14 @@ impl Broker {
             .iter()
             .map(|n| (n.clone(), VHost::new(n, ids.clone(), storage.clone())))
             .collect();
+        let alarms = storage.as_ref().map_or_else(
+            || Arc::new(crate::alarm::ResourceAlarms::new(&config.resources)),
+            |s| s.alarms.clone(),
+        );
         Arc::new(Broker {
             config,
             ids,
+            alarms,
             vhosts: RwLock::new(vhosts),
             reply_to: Mutex::new(HashMap::new()),
         })

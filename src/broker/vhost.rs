@@ -433,18 +433,16 @@ impl VHost {
         Ok(handle)
     }
 
-    /// Starts a queue actor; durable, non-exclusive queues get their store log.
+    /// Starts a queue actor; durable, non-exclusive queues get their store log, every queue a
+    /// page log for paging under memory pressure.
     fn spawn_queue(&self, info: QueueInfo, recovered: Vec<StoredMessage>) -> QueueHandle {
-        let store = match (
-            &self.storage,
-            info.durable && info.exclusive_owner.is_none(),
-        ) {
-            (Some(storage), true) => Some(QueueStore {
-                handle: storage.store.clone(),
-                key: queue_key(&self.name, &info.name),
-            }),
-            _ => None,
-        };
+        let store = self.storage.as_ref().map(|storage| QueueStore {
+            handle: storage.store.clone(),
+            key: queue_key(&self.name, &info.name),
+            window: storage.queue_memory_window,
+            durable: info.durable && info.exclusive_owner.is_none(),
+            alarms: Some(storage.alarms.clone()),
+        });
         let me = self.me.clone();
         actor::spawn(
             self.ids.next(),

@@ -50,6 +50,7 @@ pub const CAPABILITIES: &[&str] = &[
     "per_consumer_qos",
     "direct_reply_to",
     "authentication_failure_close",
+    "connection.blocked",
 ];
 
 /// Runs the handshake; `None` means the connection is finished (error already reported).

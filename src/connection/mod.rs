@@ -11,13 +11,14 @@ pub mod handshake;
 pub mod inbox;
 pub mod writer;
 
+use crate::alarm::AlarmState;
 use crate::auth::UserStore;
 use crate::broker::Broker;
 use crate::channel::{Channel, ConnCtx};
 use crate::protocol::codec::{self, Frame};
 use crate::protocol::AmqpError;
 use crate::queue::{ChanKey, ChannelLimiter, ConnEvent, ConnHandle, ConnShared};
-use amq_protocol::protocol::{channel, connection, AMQPClass};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 use writer::WriterHandle;
@@ -82,6 +84,8 @@ pub async fn serve(
             tx: events_tx,
             shared: Arc::new(ConnShared::default()),
         };
+        let alarms = broker.alarms.subscribe();
+        let alarm = *alarms.borrow();
         let (read_half, write_half) = stream.into_split();
         let (writer, writer_task) = writer::spawn(write_half);
         let mut c = Connection {
@@ -105,6 +109,10 @@ pub async fn serve(
             last_read: Instant::now(),
             last_write: Instant::now(),
             read_size: READ_MIN,
+            alarms,
+            alarm,
+            blocked_capable: neg.connection_blocked,
+            blocked: None,
         };
         let reason = c.run(shutdown).await;
         if reason == CLIENT_CLOSED {
@@ -143,6 +151,17 @@ struct Connection {
     /// How much room the next read gets: doubles while reads fill it, up to
     /// `READ_CHUNK`, so idle connections keep small buffers and busy ones batch.
     read_size: usize,
+    /// Resource-alarm changes (see [`crate::alarm`]).
+    alarms: watch::Receiver<AlarmState>,
+    /// The alarm state as last seen (a local copy: publishes must not touch shared state).
+    alarm: AlarmState,
+    /// The client announced the `connection.blocked` capability.
+    blocked_capable: bool,
+    /// Blocked by a resource alarm (we stopped reading); `Some(true)` if `connection.blocked`
+    /// was sent. RabbitMQ's reader states: an alarm makes a connection *blocking*, and the
+    /// first publish after that makes it *blocked*; connections that only consume or ack are
+    /// never blocked.
+    blocked: Option<bool>,
 }
 
 /// Whether the read loop goes on.
@@ -161,6 +180,7 @@ impl Connection {
         });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events = Vec::new();
+        let mut alarms_open = true;
         loop {
             // Boxed: frame handling is the largest state of this task, and
             // keeping it out of the task keeps idle connections small (one
@@ -189,7 +209,16 @@ impl Connection {
                     return "close-ok timeout";
                 }
                 _ = wait_drained(congested.as_ref()), if congested.is_some() => {}
-                read = self.read_half.read_buf(&mut self.buf), if congested.is_none() => match read {
+                changed = self.alarms.changed(), if alarms_open => match changed {
+                    Ok(()) => {
+                        self.alarm = *self.alarms.borrow_and_update();
+                        if !self.alarm.any() {
+                            self.unblock();
+                        }
+                    }
+                    Err(_) => alarms_open = false,
+                },
+                read = self.read_half.read_buf(&mut self.buf), if congested.is_none() && self.blocked.is_none() => match read {
                     Ok(0) => return "client closed the socket",
                     Ok(n) => {
                         self.last_read = Instant::now();
@@ -219,7 +248,9 @@ impl Connection {
                 // Deliveries wait while the socket is behind; resume once it drains.
                 _ = self.writer.wait_drained(), if self.writer.saturated() => {}
                 _ = tick.tick(), if !hb.is_zero() => {
-                    if self.last_read.elapsed() >= hb * 2 {
+                    // A blocked connection is not read, so its heartbeats go unseen
+                    // (RabbitMQ pauses its heartbeat monitor too).
+                    if self.blocked.is_none() && self.last_read.elapsed() >= hb * 2 {
                         warn!(timeout_s = self.heartbeat, "missed heartbeats from client, closing");
                         return "missed heartbeats";
                     }
@@ -244,6 +275,40 @@ impl Connection {
         .await;
     }
 
+    /// A publish arrived during a resource alarm: stop reading until the alarm clears, and
+    /// tell the client why if it can take `connection.blocked`.
+    fn block(&mut self) {
+        if self.blocked_capable {
+            self.ctx.send_method(
+                0,
+                &AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: self.alarm.reason().into(),
+                })),
+            );
+        }
+        debug!(
+            reason = self.alarm.reason(),
+            "publisher blocked by resource alarm"
+        );
+        self.blocked = Some(self.blocked_capable);
+    }
+
+    /// The alarms cleared: read again (the rest of the buffer is processed next).
+    fn unblock(&mut self) {
+        if let Some(notified) = self.blocked.take() {
+            if notified {
+                self.ctx.send_method(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::Unblocked(
+                        connection::Unblocked {},
+                    )),
+                );
+            }
+            self.last_read = Instant::now();
+            debug!("publisher unblocked");
+        }
+    }
+
     fn flush_out(&mut self) {
         if !self.ctx.out.is_empty() {
             self.writer.send(&mut self.ctx.out);
@@ -251,15 +316,22 @@ impl Connection {
         }
     }
 
-    /// Processes every complete frame in the read buffer.
+    /// Processes every complete frame in the read buffer (none while blocked by an alarm).
     async fn process_frames(&mut self) -> Flow {
         loop {
+            if self.blocked.is_some() {
+                return Flow::Continue;
+            }
             let frame_max = self.ctx.frame_max;
             match codec::parse_frame(&mut self.buf, frame_max) {
                 Ok(None) => return Flow::Continue,
                 Ok(Some(frame)) => {
+                    let publish = self.alarm.any() && is_publish(&frame);
                     if let Flow::Stop(reason) = self.frame(frame).await {
                         return Flow::Stop(reason);
+                    }
+                    if publish && self.closing.is_none() {
+                        self.block();
                     }
                 }
                 Err(e) => {
@@ -557,6 +629,11 @@ impl Connection {
         }
         Flow::Continue
     }
+}
+
+/// `basic.publish` on any channel.
+fn is_publish(frame: &Frame) -> bool {
+    matches!(frame, Frame::Method(_, m) if matches!(**m, AMQPClass::Basic(basic::AMQPMethod::Publish(_))))
 }
 
 fn channel_close_ok() -> AMQPClass {

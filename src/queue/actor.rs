@@ -12,6 +12,7 @@
 use super::args::{Overflow, QueueArgs, QueueType};
 use super::dead_letter::{self, Reason};
 use super::limiter::Credit;
+use super::paging::{Body, Head, Pager, PagingSetup};
 use super::ready::{HasId, ReadyQueue};
 use super::{
     ChanKey, ConnEvent, ConnHandle, ConsumerSpec, Delivery, GetResult, PublishBatch, QueueCmd,
@@ -38,7 +39,8 @@ pub type OnAutoDelete = Box<dyn FnOnce(&QueueHandle) + Send>;
 #[derive(Debug)]
 struct Entry {
     id: u64,
-    msg: Arc<Message>,
+    /// The message, or only its index data when the body is paged out (`queue/paging.rs`).
+    msg: Body,
     redelivered: bool,
     /// Written to this queue's log (persistent message in a durable queue).
     persisted: bool,
@@ -56,16 +58,22 @@ impl HasId for Entry {
         self.msg.body_size()
     }
     fn priority(&self) -> u8 {
-        self.msg.properties.priority().unwrap_or(0)
+        self.msg.priority()
     }
 }
 
-/// A durable queue's link to the message store.
+/// A queue's link to the message store: its durable log (durable queues) and its page log.
 pub struct QueueStore {
     /// The store.
     pub handle: StoreHandle,
     /// This queue's key in the store.
     pub key: QueueKey,
+    /// Messages from the head whose bodies stay in memory (`storage.queue_memory_window`).
+    pub window: usize,
+    /// Persistent messages are written to the durable log `key` (durable, non-exclusive queue).
+    pub durable: bool,
+    /// Memory watermarks, for paging transient messages out under memory pressure.
+    pub alarms: Option<Arc<crate::alarm::ResourceAlarms>>,
 }
 
 #[derive(Debug)]
@@ -115,6 +123,8 @@ struct Queue {
     /// Dispatch scratch, reused: consumers and groups found blocked in this round.
     blocked: Vec<bool>,
     group_blocked: Vec<bool>,
+    /// Keeps bodies beyond the in-memory window on disk only.
+    pager: Pager,
 }
 
 /// Starts a queue task and returns its handle. A durable queue gets its store
@@ -137,28 +147,43 @@ pub fn spawn(
         gauge: Arc::new(super::QueueGauge::default()),
     };
     let span = tracing::info_span!("queue", vhost = %handle.info.vhost, name = %handle.info.name);
+    let mut pager = Pager::new(store.as_ref().map(|s| PagingSetup {
+        store: s.handle.clone(),
+        log_key: s.durable.then(|| s.key.clone()),
+        page_key: super::paging::page_key(id, &s.key),
+        window: s.window,
+        alarms: s.alarms.clone(),
+    }));
     let mut ready = ReadyQueue::new(handle.info.args.max_priority);
     let mut next_id = 1;
     let mut recovered = recovered;
     recovered.sort_unstable_by_key(|m| m.seq);
+    let mut restored = Vec::with_capacity(recovered.len());
     for m in recovered {
         next_id = next_id.max(m.seq + 1);
+        pager.recovered_upto(m.seq);
         match Message::restore(&m.exchange, &m.routing_key, m.header, m.body) {
-            Some(msg) => ready.push_back(Entry {
-                id: m.seq,
-                expires_at: expiry(&handle.info.args, &msg),
-                msg,
-                redelivered: m.redelivered || m.delivery_count > 0,
-                persisted: true,
-                deliveries: m.delivery_count,
-            }),
+            Some(msg) => restored.push((m.seq, m.redelivered, m.delivery_count, msg)),
             None => tracing::error!(
                 seq = m.seq,
                 "dropping recovered message with undecodable properties"
             ),
         }
     }
-    let dedup = super::dedup::for_queue(&handle.info.args, ready.iter().map(|e| (e.id, &*e.msg)));
+    let dedup = super::dedup::for_queue(
+        &handle.info.args,
+        restored.iter().map(|(id, _, _, msg)| (*id, &**msg)),
+    );
+    for (id, redelivered, delivery_count, msg) in restored {
+        ready.push_back(Entry {
+            id,
+            expires_at: expiry(&handle.info.args, &msg),
+            msg: pager.admit(msg, true, ready.len()),
+            redelivered: redelivered || delivery_count > 0,
+            persisted: true,
+            deliveries: delivery_count,
+        });
+    }
     let mut queue = Queue {
         me: handle.clone(),
         ready,
@@ -177,6 +202,7 @@ pub fn spawn(
         groups: Vec::new(),
         blocked: Vec::new(),
         group_blocked: Vec::new(),
+        pager,
     };
     queue.touch();
     tokio::spawn(queue.run(rx, ctl_rx).instrument(span));
@@ -234,6 +260,13 @@ impl Queue {
             drop(cmds);
             self.expire();
             self.dispatch();
+            self.pager.page_out_existing(
+                self.ready
+                    .iter_mut()
+                    .map(|e| (e.id, e.persisted, &mut e.msg)),
+            );
+            self.pager
+                .prefetch(self.ready.iter().map(|e| (e.id, &e.msg)), &self.me);
             self.me.gauge.update(self.ready.len(), self.consumers.len());
             if self.should_auto_delete() || self.unused_expired() {
                 self.auto_delete();
@@ -308,7 +341,7 @@ impl Queue {
                 self.forget(gone);
                 let _ = reply.send(n);
             }
-            QueueCmd::Sync(reply) => match &self.store {
+            QueueCmd::Sync(reply) => match self.store.as_ref().filter(|s| s.durable) {
                 Some(store) => store.handle.flush(Box::new(move |_| {
                     let _ = reply.send(());
                 })),
@@ -341,10 +374,13 @@ impl Queue {
             }
             QueueCmd::ChannelClosed(chan_key) => self.channel_closed(chan_key),
             QueueCmd::Stop(reply) => {
+                // Paged-out transient messages do not survive a restart anyway.
+                self.pager.drop_page_log();
                 let _ = reply.send(());
                 return Flow::Stop;
             }
             QueueCmd::Wake => {}
+            QueueCmd::PagedIn(batch) => self.pager.paged_in(*batch),
         }
         Flow::Continue
     }
@@ -382,7 +418,7 @@ impl Queue {
             }
             let id = self.next_id;
             self.next_id += 1;
-            let persisted = self.store.is_some() && msg.is_persistent();
+            let persisted = self.store.as_ref().is_some_and(|s| s.durable) && msg.is_persistent();
             if persisted {
                 stored.push(StoredMessage {
                     seq: id,
@@ -395,6 +431,7 @@ impl Queue {
                 });
             }
             let expires_at = expiry(&self.me.info.args, &msg);
+            let msg = self.pager.admit(msg, persisted, self.ready.len());
             self.push_ready(Entry {
                 id,
                 msg,
@@ -412,23 +449,29 @@ impl Queue {
         if let Some(store) = &self.store {
             if !stored.is_empty() {
                 // Confirms for persistent messages wait for the group commit.
-                let done = match (&conn, durable_confirms.is_empty()) {
-                    (Some(conn), false) => {
-                        let tx = conn.tx.clone();
-                        let name = self.me.info.name.clone();
-                        Some(Box::new(move |result: std::io::Result<()>| {
-                            if let Err(e) = &result {
-                                tracing::error!(queue = %name, error = %e, "store write failed, nacking");
-                            }
-                            let _ = tx.send(ConnEvent::Confirms {
-                                tags: durable_confirms,
-                                ok: result.is_ok(),
-                            });
-                        }) as crate::store::Completion)
-                    }
+                let confirm_to = match (&conn, durable_confirms.is_empty()) {
+                    (Some(conn), false) => Some(conn.tx.clone()),
                     _ => None,
                 };
-                store.handle.append(&store.key, stored, done);
+                let name = self.me.info.name.clone();
+                let (hi, me, appended) = (
+                    stored.last().map_or(0, |m| m.seq),
+                    self.me.clone(),
+                    self.pager.appended(),
+                );
+                let done: crate::store::Completion = Box::new(move |result| {
+                    if let Err(e) = &result {
+                        tracing::error!(queue = %name, error = %e, "store write failed, nacking");
+                    }
+                    appended(hi, &me);
+                    if let Some(tx) = confirm_to {
+                        let _ = tx.send(ConnEvent::Confirms {
+                            tags: durable_confirms,
+                            ok: result.is_ok(),
+                        });
+                    }
+                });
+                store.handle.append(&store.key, stored, Some(done));
             }
         }
         if let Some(conn) = &conn {
@@ -493,7 +536,40 @@ impl Queue {
             .map(|e| e.id)
             .collect();
         self.forget(gone);
-        self.dead_letter(entries.into_iter().map(|e| e.msg).collect(), reason);
+        let msgs = self.messages_of(entries);
+        self.dead_letter(msgs, reason);
+    }
+
+    /// The messages of entries leaving the queue, for dead-lettering: paged bodies are read
+    /// back only if the queue has a dead-letter exchange.
+    fn messages_of(&mut self, entries: Vec<Entry>) -> Vec<Arc<Message>> {
+        let dlx = self.me.info.args.dead_letter_exchange.is_some();
+        let mut out = Vec::with_capacity(entries.len());
+        for mut e in entries {
+            if dlx {
+                out.extend(self.pager.load_now(e.id, &mut e.msg));
+            } else {
+                self.pager.forget(e.id, &e.msg);
+                out.extend(e.msg.loaded().cloned());
+            }
+        }
+        out
+    }
+
+    /// Drops heads whose bodies were lost; false if the head's body is still being read.
+    fn head_ready(&mut self) -> bool {
+        while let Some(e) = self.ready.front() {
+            match self.pager.head(e.id, &e.msg) {
+                Head::Ready => return true,
+                Head::Wait => return false,
+                Head::Lost => {
+                    let e = self.pop_ready().expect("front exists");
+                    self.pager.forget(e.id, &e.msg);
+                    self.forget(vec![e.id]);
+                }
+            }
+        }
+        false
     }
 
     /// Drops expired messages from the head (they are never delivered).
@@ -644,7 +720,12 @@ impl Queue {
         self.touch();
         self.expire();
         let mut entry = self.pop_ready()?;
-        let msg = self.outgoing(&entry, true);
+        let Some(msg) = self.pager.load_now(entry.id, &mut entry.msg) else {
+            // Its body could not be read back (logged): it is gone; try the next one.
+            self.forget(vec![entry.id]);
+            return self.get(chan_key, no_ack);
+        };
+        let msg = self.outgoing(&entry, &msg, true);
         entry.deliveries += 1;
         let result = GetResult {
             msg,
@@ -688,7 +769,7 @@ impl Queue {
                 gone.push(u.entry.id);
             }
             if how == Settle::Discard {
-                rejected.push(u.entry.msg);
+                rejected.extend(u.entry.msg.loaded().cloned());
             }
         }
         self.forget(gone);
@@ -720,18 +801,18 @@ impl Queue {
     /// quorum queues add it. A first delivery to a consumer is the message as
     /// published; `basic.get` (`always`) carries the header from the first
     /// delivery on, with 0, as RabbitMQ 3.10's quorum dequeue does.
-    fn outgoing(&self, entry: &Entry, always: bool) -> Arc<Message> {
+    fn outgoing(&self, entry: &Entry, msg: &Arc<Message>, always: bool) -> Arc<Message> {
         if !self.counts_deliveries() || (entry.deliveries == 0 && !always) {
-            return entry.msg.clone();
+            return msg.clone();
         }
-        let mut props = entry.msg.properties.clone();
+        let mut props = msg.properties.clone();
         let mut headers = props.headers().clone().unwrap_or_default();
         headers.insert(
             "x-delivery-count".into(),
             AMQPValue::LongLongInt(i64::from(entry.deliveries)),
         );
         props = props.with_headers(headers);
-        entry.msg.with_properties(props)
+        msg.with_properties(props)
     }
 
     /// Puts entries back at their original positions, flagged redelivered.
@@ -862,7 +943,7 @@ impl Queue {
         self.group_blocked.clear();
         self.group_blocked.resize(self.groups.len(), false);
         let mut out: Vec<(ConnHandle, Vec<Delivery>)> = Vec::new();
-        while !self.ready.is_empty() {
+        while self.head_ready() {
             let Some((idx, counted_global)) = self.pick_consumer() else {
                 break;
             };
@@ -874,7 +955,11 @@ impl Queue {
                 self.discard(vec![entry], Reason::Expired);
                 continue;
             }
-            let msg = self.outgoing(&entry, false);
+            let msg = self
+                .pager
+                .take(entry.id, &mut entry.msg)
+                .expect("head_ready checked the body is in memory");
+            let msg = self.outgoing(&entry, &msg, false);
             entry.deliveries += 1;
             if entry.persisted {
                 if self.consumers[idx].spec.no_ack {
@@ -928,7 +1013,7 @@ impl Queue {
                     .filter(|d| !d.needs_ack)
                     .map(|d| Entry {
                         id: d.msg_id,
-                        msg: d.msg,
+                        msg: Body::Loaded(d.msg),
                         redelivered: true,
                         persisted: false,
                         deliveries: 1,
@@ -972,10 +1057,11 @@ impl Queue {
     }
 
     /// Deletes the queue's log (the queue itself is being deleted).
-    fn drop_log(&self) {
-        if let Some(store) = &self.store {
+    fn drop_log(&mut self) {
+        if let Some(store) = self.store.as_ref().filter(|s| s.durable) {
             store.handle.delete_queue(&store.key);
         }
+        self.pager.drop_page_log();
     }
 
     fn auto_delete(&mut self) {

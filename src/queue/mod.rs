@@ -11,6 +11,7 @@ pub mod args;
 pub mod dead_letter;
 pub mod dedup;
 pub mod limiter;
+pub mod paging;
 pub mod ready;
 
 use crate::message::Message;
@@ -273,6 +274,8 @@ pub enum QueueCmd {
     ChannelClosed(ChanKey),
     /// Capacity freed somewhere (flow on, global prefetch, connection drained).
     Wake,
+    /// Message bodies read back from the store (see [`paging`]).
+    PagedIn(Box<paging::PageIn>),
 }
 
 impl QueueCmd {
@@ -284,6 +287,7 @@ impl QueueCmd {
                 | QueueCmd::Cancel(..)
                 | QueueCmd::ChannelClosed(_)
                 | QueueCmd::Wake
+                | QueueCmd::PagedIn(_)
         )
     }
 }

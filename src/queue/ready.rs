@@ -201,6 +201,13 @@ impl<T: HasId> ReadyQueue<T> {
             .any(|q| !q.is_empty() && q.binary_search_by_key(&id, |e| e.id()).is_ok())
     }
 
+    /// The ready messages in delivery order, mutably. Callers must not change
+    /// what [`HasId`] reports (id, size, priority): the levels and byte count
+    /// depend on it.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
+        self.levels.iter_mut().rev().flatten()
+    }
+
     /// The ready messages in delivery order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &T> + '_ {
         self.levels.iter().rev().flatten()

@@ -93,6 +93,12 @@ impl Server {
             )
             .instrument(tracing::info_span!("listener", addr = %amqp_addr)),
         );
+        tasks.spawn(
+            broker
+                .alarms
+                .clone()
+                .run(config.data_dir.clone(), shutdown.clone()),
+        );
         info!(addr = %amqp_addr, "AMQP listener started");
         Ok(RunningServer {
             amqp_addr,
@@ -127,6 +133,8 @@ async fn open_storage(config: Arc<Config>) -> Result<(Store, Arc<Broker>), Start
         store: handle.clone(),
         data_dir: config.data_dir.clone(),
         definitions_lock: parking_lot::Mutex::new(()),
+        queue_memory_window: config.storage.queue_memory_window,
+        alarms: Arc::new(crate::alarm::ResourceAlarms::new(&config.resources)),
     });
     let broker = Broker::new(config.clone(), Some(storage));
     let (mut queues, mut messages) = (0, 0);
@@ -143,6 +151,11 @@ async fn open_storage(config: Arc<Config>) -> Result<(Store, Arc<Broker>), Start
         }
     }
     for (key, msgs) in logs {
+        if key.starts_with(crate::queue::paging::PAGE_KEY_PREFIX) {
+            // Paged-out transient messages of the previous run: gone with the restart.
+            handle.delete_queue(&key);
+            continue;
+        }
         warn!(
             key,
             messages = msgs.len(),

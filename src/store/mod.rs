@@ -27,6 +27,7 @@
 
 pub mod definitions;
 mod queue_log;
+mod read_back;
 mod recovery;
 mod segment;
 
@@ -44,6 +45,7 @@ use bytes::Bytes;
 use tracing::{debug, error, info, warn};
 
 use queue_log::QueueLog;
+pub use read_back::SeqReader;
 pub use recovery::RecoveryStats;
 pub use segment::{SegmentReader, FORMAT_VERSION};
 
@@ -462,6 +464,11 @@ impl StoreReader {
             &queue_log::segment_path(&self.queue_dir(queue), segment),
             offset,
         )
+    }
+
+    /// A reader of `queue`'s messages by seq (see [`SeqReader`]).
+    pub fn seq_reader(&self, queue: &QueueKey) -> SeqReader {
+        SeqReader::new(self.clone(), queue.clone())
     }
 
     /// Iterates the records of one segment lazily, yielding `(offset, message)`.

@@ -268,6 +268,17 @@ impl TestBroker {
         assert!(up, "broker did not come back after restart");
     }
 
+    /// The in-process broker's resource alarms (`None` for an external broker), to change
+    /// the watermarks at run time like `rabbitmqctl set_vm_memory_high_watermark`.
+    pub fn alarms(&self) -> Option<std::sync::Arc<warrenmq::alarm::ResourceAlarms>> {
+        self.running.as_ref().map(|r| r.broker().alarms.clone())
+    }
+
+    /// The in-process broker's data directory (`None` for an external broker).
+    pub fn data_dir(&self) -> Option<std::path::PathBuf> {
+        self.config.as_ref().map(|c| c.data_dir.clone())
+    }
+
     /// True when testing an external broker (RabbitMQ) instead of WarrenMQ.
     pub fn is_external(&self) -> bool {
         self.running.is_none()
