@@ -18,27 +18,6 @@ fn long_str(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-fn table(args: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in args {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-async fn declare(ch: &lapin::Channel, name: &str, durable: bool, args: &[(&str, AMQPValue)]) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable,
-            ..Default::default()
-        },
-        table(args),
-    )
-    .await
-    .expect("queue.declare");
-}
-
 fn quorum() -> (&'static str, AMQPValue) {
     ("x-queue-type", long_str("quorum"))
 }

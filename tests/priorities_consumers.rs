@@ -12,31 +12,10 @@ mod common;
 use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicGetArguments};
 use common::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, LongString};
 use lapin::BasicProperties;
 
 static ONE_RESTART_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn table(args: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in args {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-async fn declare(ch: &lapin::Channel, name: &str, durable: bool, args: &[(&str, AMQPValue)]) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable,
-            ..Default::default()
-        },
-        table(args),
-    )
-    .await
-    .expect("queue.declare");
-}
 
 fn prio(p: Option<u8>) -> BasicProperties {
     match p {

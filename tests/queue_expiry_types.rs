@@ -5,21 +5,13 @@ mod common;
 
 use common::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, LongString};
 use lapin::BasicProperties;
 
 static ONE_RESTART_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn long_str(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
-}
-
-fn table(args: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in args {
-        t.insert((*k).into(), v.clone());
-    }
-    t
 }
 
 fn opts(durable: bool, exclusive: bool, auto_delete: bool) -> QueueDeclareOptions {

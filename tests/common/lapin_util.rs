@@ -374,3 +374,31 @@ pub async fn message_counts(ch: &Channel, queues: &[String]) -> Vec<u32> {
     }
     out
 }
+
+/// A field table from `(key, value)` pairs (queue and consume arguments).
+pub fn table(args: &[(&str, lapin::types::AMQPValue)]) -> lapin::types::FieldTable {
+    let mut t = lapin::types::FieldTable::default();
+    for (k, v) in args {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+/// Declares queue `name` (durable or not) with arguments.
+pub async fn declare(
+    ch: &Channel,
+    name: &str,
+    durable: bool,
+    args: &[(&str, lapin::types::AMQPValue)],
+) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable,
+            ..Default::default()
+        },
+        table(args),
+    )
+    .await
+    .expect("queue.declare");
+}
