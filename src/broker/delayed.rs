@@ -363,6 +363,7 @@ impl Scheduler {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, mut events: Inbox<ConnEvent>) {
         debug!(pending = self.heap.len(), "delayed exchange started");
         let mut cmds = Vec::with_capacity(256);
+        let mut confirmed = Vec::new();
         loop {
             let next = self.heap.peek().map(|p| p.due).filter(|_| self.started);
             tokio::select! {
@@ -381,7 +382,11 @@ impl Scheduler {
                         }
                     }
                 }
-                ev = events.recv() => self.confirmed(ev),
+                _ = events.recv_many(&mut confirmed, 256) => {
+                    for ev in confirmed.drain(..) {
+                        self.confirmed(ev);
+                    }
+                }
                 _ = sleep_until_ms(next), if next.is_some() => {
                     if !self.fire().await {
                         return;
@@ -396,10 +401,16 @@ impl Scheduler {
     /// routed a second time after the restart.
     async fn drain_inflight(&mut self, events: &mut Inbox<ConnEvent>) {
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        let mut confirmed = Vec::new();
         while !self.inflight.is_empty() {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(ev) => self.confirmed(ev),
-                _ => return,
+            if tokio::time::timeout_at(deadline, events.recv_many(&mut confirmed, 256))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            for ev in confirmed.drain(..) {
+                self.confirmed(ev);
             }
         }
     }

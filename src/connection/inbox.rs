@@ -98,20 +98,6 @@ impl<T> Inbox<T> {
     }
 }
 
-impl<T> Inbox<T> {
-    /// Waits for the next event (cancel-safe, like [`Inbox::recv_many`]).
-    pub async fn recv(&mut self) -> T {
-        loop {
-            if let Some(queue) = self.shared.queue.lock().as_mut() {
-                if !queue.is_empty() {
-                    return queue.remove(0);
-                }
-            }
-            self.shared.ready.notified().await;
-        }
-    }
-}
-
 impl<T> Drop for Inbox<T> {
     fn drop(&mut self) {
         // Later sends fail; queued events are dropped, as with a closed channel.
