@@ -64,6 +64,15 @@ pub enum FsyncMode {
 /// A queue's identity in the store, chosen by the broker (e.g. `"<vhost>/<queue>"`).
 pub type QueueKey = String;
 
+/// Keys starting with this are *scratch* logs (the page logs of `queue/paging.rs`): disposable
+/// caches that are deleted at startup, so they are never fsynced, whatever `storage.fsync` says.
+pub const SCRATCH_KEY_PREFIX: char = '\u{0}';
+
+/// Whether `key` names a scratch log (see [`SCRATCH_KEY_PREFIX`]).
+pub fn is_scratch(key: &str) -> bool {
+    key.starts_with(SCRATCH_KEY_PREFIX)
+}
+
 /// One persistent message as stored in (and recovered from) a queue log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -613,7 +622,7 @@ impl Engine {
         let log = match self.queues.entry(queue) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let sync = self.opts.fsync == FsyncMode::Always;
+                let sync = self.opts.fsync == FsyncMode::Always && !is_scratch(e.key());
                 match QueueLog::create(&self.queues_dir, e.key(), sync) {
                     Ok(mut log) => {
                         log.segment_bytes = self.opts.segment_bytes;

@@ -316,6 +316,8 @@ pub(crate) struct QueueLog {
     pub(crate) in_batch: bool,
     /// Listed in the engine's list of queues with unsynced state.
     pub(crate) in_unsynced: bool,
+    /// A scratch log ([`super::is_scratch`]): never fsynced.
+    scratch: bool,
 }
 
 impl QueueLog {
@@ -361,6 +363,7 @@ impl QueueLog {
         // the last recovered message may reuse seqs of acked records, which is safe because
         // they then land in a newer segment (see the module invariants).
         let last_seq = segments.values().filter_map(|s| s.live.max()).max();
+        let scratch = super::is_scratch(&key);
         QueueLog {
             key,
             dir,
@@ -375,6 +378,7 @@ impl QueueLog {
             dir_dirty_lazy: false,
             in_batch: false,
             in_unsynced: false,
+            scratch,
         }
     }
 
@@ -634,6 +638,9 @@ impl QueueLog {
     /// Batch sync phase (`FsyncMode::Always`): fdatasync every touched segment file that was
     /// written, and the directory if files were created.
     pub(crate) fn sync_batch(&mut self, stats: &StoreStats) {
+        if self.scratch {
+            return;
+        }
         for &id in &self.touched {
             let seg = self.segments.get_mut(&id).expect("touched segment exists");
             if !seg.data_dirty || seg.batch_err.is_some() {
@@ -669,6 +676,12 @@ impl QueueLog {
     /// fsyncs everything written but not yet synced (data, acks, directory). Used by flush and
     /// shutdown. Returns the first error.
     pub(crate) fn sync_unsynced(&mut self, stats: &StoreStats) -> io::Result<()> {
+        if self.scratch {
+            self.unsynced.clear();
+            self.dir_sync_needed = false;
+            self.dir_dirty_lazy = false;
+            return Ok(());
+        }
         let mut first_err = None;
         for id in std::mem::take(&mut self.unsynced) {
             let Some(seg) = self.segments.get_mut(&id) else {
@@ -720,7 +733,7 @@ impl QueueLog {
 
     /// True if anything is written but not fsynced.
     pub(crate) fn has_unsynced(&self) -> bool {
-        !self.unsynced.is_empty() || self.dir_sync_needed || self.dir_dirty_lazy
+        !self.scratch && (!self.unsynced.is_empty() || self.dir_sync_needed || self.dir_dirty_lazy)
     }
 
     /// Result of the current batch for an append that went to segments `lo..=hi`.

@@ -361,6 +361,27 @@ fn clean_marker_lifecycle_and_crc_skip() {
 }
 
 #[test]
+fn scratch_logs_are_never_fsynced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, h, _) = open(tmp.path());
+    let scratch = format!("{SCRATCH_KEY_PREFIX}page/1/x");
+    assert!(is_scratch(&scratch) && !is_scratch("1/x"));
+    for s in 1..=3 {
+        append_wait(&h, &scratch, vec![msg(s, "paged")]).unwrap();
+    }
+    h.ack(&scratch, vec![1]);
+    flush_wait(&h).unwrap();
+    assert_eq!(store.stats().fsyncs.load(Relaxed), 0, "scratch log fsynced");
+    // The same appends to a real queue log are fsynced (`storage.fsync = "always"`).
+    append_wait(&h, &"1/x".to_string(), vec![msg(1, "durable")]).unwrap();
+    assert!(store.stats().fsyncs.load(Relaxed) > 0);
+    // Scratch records read back like any other.
+    let mut reader = h.reader().seq_reader(&scratch);
+    let (_, res) = reader.read(&[2]).pop().unwrap();
+    assert_eq!(res.unwrap().body, Bytes::from("paged"));
+}
+
+#[test]
 fn group_commit_batches_fsyncs() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, h, _) = open(tmp.path());
