@@ -98,6 +98,10 @@ pub struct StorageConfig {
     /// Messages from the head of each durable queue whose bodies are kept in memory; bodies
     /// of persistent messages further back are read back from disk (0 = keep all in memory).
     pub queue_memory_window: usize,
+    /// Ready messages from the head of each queue whose bodies stay in memory when they are
+    /// not in a durable log (transient messages, or any message in a non-durable queue);
+    /// further back they go to the queue's page log. 0 = only under memory pressure.
+    pub transient_memory_window: usize,
 }
 
 /// `storage.fsync`.
@@ -115,6 +119,7 @@ impl Default for StorageConfig {
         StorageConfig {
             fsync: FsyncPolicy::Always,
             queue_memory_window: 2048,
+            transient_memory_window: 81_920,
         }
     }
 }

@@ -4,8 +4,9 @@
 //! message takes the paged path, and check that consumers, `basic.get`, dead-lettering and a
 //! restart all see every message, in order, with its body and properties.
 //!
-//! Transient messages are paged out (to a page log) only under memory pressure; the last test
-//! forces that with a tiny `resources.vm_memory_high_watermark_paging_ratio`.
+//! Transient messages are paged out (to a page log) beyond `storage.transient_memory_window`
+//! ready messages, or beyond the memory window under memory pressure; the last test forces
+//! that with a tiny `resources.vm_memory_high_watermark_paging_ratio`.
 //!
 //! The window is a WarrenMQ setting and the tests restart the broker, so they run on the
 //! in-process broker only (skipped with `WARRENMQ_TEST_URL`).
@@ -186,6 +187,70 @@ fn page_logs(broker: &TestBroker) -> usize {
             .count()
         })
         .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn transient_backlog_beyond_the_transient_window_is_paged_out() {
+    if std::env::var("WARRENMQ_TEST_URL").is_ok() {
+        eprintln!("skipped: needs the in-process broker");
+        return;
+    }
+    let broker = TestBroker::start_with(|c| {
+        c.storage.queue_memory_window = WINDOW;
+        c.storage.transient_memory_window = 2 * WINDOW;
+    })
+    .await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let q = shared_queue(&ch).await;
+    let transient = |i: usize| props(i).with_delivery_mode(1);
+    for i in 0..2 * WINDOW {
+        publish_confirmed_props(&ch, "", &q, &body(i), transient(i)).await;
+    }
+    assert_eq!(
+        page_logs(&broker),
+        0,
+        "within the transient window: in memory"
+    );
+    for i in 2 * WINDOW..200 {
+        publish_confirmed_props(&ch, "", &q, &body(i), transient(i)).await;
+    }
+    assert!(
+        eventually(|| async { page_logs(&broker) == 1 }).await,
+        "the backlog beyond the transient window went to a page log"
+    );
+    let ch2 = channel(&conn).await;
+    ch2.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = consume(&ch2, &q).await;
+    for i in 0..200 {
+        let d = next(&mut consumer).await;
+        assert_eq!(d.data, body(i), "message {i}");
+        assert_eq!(d.properties.delivery_mode(), &Some(1));
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn transient_window_zero_keeps_transient_bodies_in_memory() {
+    if std::env::var("WARRENMQ_TEST_URL").is_ok() {
+        eprintln!("skipped: needs the in-process broker");
+        return;
+    }
+    let broker = TestBroker::start_with(|c| {
+        c.storage.queue_memory_window = WINDOW;
+        c.storage.transient_memory_window = 0;
+    })
+    .await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let q = shared_queue(&ch).await;
+    for i in 0..100 {
+        publish_confirmed_props(&ch, "", &q, &body(i), props(i).with_delivery_mode(1)).await;
+    }
+    assert_eq!(message_count(&ch, &q).await, 100);
+    assert_eq!(page_logs(&broker), 0, "no memory pressure: nothing paged");
+    broker.shutdown().await;
 }
 
 #[tokio::test]

@@ -36,6 +36,9 @@ pub struct Storage {
     pub definitions_lock: Mutex<()>,
     /// Messages per queue whose bodies stay in memory (`storage.queue_memory_window`).
     pub queue_memory_window: usize,
+    /// Messages per queue whose transient bodies stay in memory
+    /// (`storage.transient_memory_window`; 0 = paged only under memory pressure).
+    pub transient_memory_window: usize,
     /// The broker's resource alarms (queues page transient bodies out under memory pressure).
     pub alarms: Arc<crate::alarm::ResourceAlarms>,
 }

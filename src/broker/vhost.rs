@@ -440,6 +440,7 @@ impl VHost {
             handle: storage.store.clone(),
             key: queue_key(&self.name, &info.name),
             window: storage.queue_memory_window,
+            transient_window: storage.transient_memory_window,
             durable: info.durable && info.exclusive_owner.is_none(),
             alarms: Some(storage.alarms.clone()),
         });

@@ -13,7 +13,7 @@ use super::args::{Overflow, QueueArgs, QueueType};
 use super::dead_letter::{self, Reason};
 use super::limiter::Credit;
 use super::paging::{Body, Head, Pager, PagingSetup};
-use super::ready::{HasId, ReadyQueue};
+use super::ready::{HasId, ReadyQueue, Slot};
 use super::{
     ChanKey, ConnEvent, ConnHandle, ConsumerSpec, Delivery, GetResult, PublishBatch, QueueCmd,
     QueueHandle, QueueInfo, Settle,
@@ -60,6 +60,42 @@ impl HasId for Entry {
     fn priority(&self) -> u8 {
         self.msg.priority()
     }
+    /// A paged message that was never delivered and has no expiry: its body is on disk
+    /// (page seq 0 = in the durable log under its id) and nothing else needs keeping.
+    fn compact(&self) -> Option<Slot> {
+        match self.msg {
+            Body::Paged {
+                size,
+                priority,
+                page_seq,
+            } if !self.redelivered
+                && self.deliveries == 0
+                && self.expires_at.is_none()
+                && self.persisted == (page_seq == 0) =>
+            {
+                Some(Slot {
+                    page_seq,
+                    size,
+                    priority,
+                })
+            }
+            _ => None,
+        }
+    }
+    fn expand(id: u64, slot: Slot) -> Self {
+        Entry {
+            id,
+            msg: Body::Paged {
+                size: slot.size,
+                priority: slot.priority,
+                page_seq: slot.page_seq,
+            },
+            redelivered: false,
+            persisted: slot.page_seq == 0,
+            deliveries: 0,
+            expires_at: None,
+        }
+    }
 }
 
 /// A queue's link to the message store: its durable log (durable queues) and its page log.
@@ -70,6 +106,9 @@ pub struct QueueStore {
     pub key: QueueKey,
     /// Messages from the head whose bodies stay in memory (`storage.queue_memory_window`).
     pub window: usize,
+    /// Messages from the head whose transient bodies stay in memory
+    /// (`storage.transient_memory_window`; 0 = paged only under memory pressure).
+    pub transient_window: usize,
     /// Persistent messages are written to the durable log `key` (durable, non-exclusive queue).
     pub durable: bool,
     /// Memory watermarks, for paging transient messages out under memory pressure.
@@ -152,9 +191,12 @@ pub fn spawn(
         log_key: s.durable.then(|| s.key.clone()),
         page_key: super::paging::page_key(id, &s.key),
         window: s.window,
+        transient_window: s.transient_window,
         alarms: s.alarms.clone(),
     }));
-    let mut ready = ReadyQueue::new(handle.info.args.max_priority);
+    // Twice the pager's window in full entries, so its read-ahead always sees entries.
+    let mut ready =
+        ReadyQueue::new(handle.info.args.max_priority).with_compact_tail(2 * pager.window());
     let mut next_id = 1;
     let mut recovered = recovered;
     recovered.sort_unstable_by_key(|m| m.seq);
@@ -331,13 +373,13 @@ impl Queue {
             }
             QueueCmd::Purge(reply) => {
                 let n = self.ready.len() as u32;
-                let gone = self
-                    .ready
-                    .drain()
-                    .into_iter()
-                    .filter(|e| e.persisted)
-                    .map(|e| e.id)
-                    .collect();
+                let mut gone = Vec::new();
+                self.ready.drain_with(|e| {
+                    self.pager.forget(e.id, &e.msg);
+                    if e.persisted {
+                        gone.push(e.id);
+                    }
+                });
                 self.forget(gone);
                 let _ = reply.send(n);
             }

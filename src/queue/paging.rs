@@ -6,9 +6,12 @@
 //!
 //! - **persistent messages in durable queues** always, in the queue's own log (they are
 //!   written there anyway);
-//! - **transient messages** (and persistent ones in non-durable queues) only while the broker's
-//!   memory is above the paging watermark ([`ResourceAlarms::memory_pressure`]), in a separate
-//!   *page log* of the store (key [`page_key`]), which is deleted with the queue and at startup.
+//! - **transient messages** (and persistent ones in non-durable queues) beyond the larger
+//!   `storage.transient_memory_window` (a queue whose consumers keep up never gets there, so
+//!   it never pays a write and a read per message), or beyond the memory window while the
+//!   broker's memory is above the paging watermark ([`ResourceAlarms::memory_pressure`]), in a
+//!   separate *page log* of the store (key [`page_key`]): a scratch log, never fsynced, deleted
+//!   with the queue and at startup.
 //!
 //! The [`Pager`] reads bodies back before they reach the head: after each round of work the
 //! actor calls [`Pager::prefetch`] with its ready messages in delivery order; the pager asks a
@@ -36,7 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use tracing::{debug, error};
 
-/// Prefix of page-log keys in the store (real queue keys start with a digit).
+/// Prefix of page-log keys in the store (real queue keys start with a digit). It makes page
+/// logs store *scratch* logs ([`crate::store::is_scratch`]), which are never fsynced.
 pub const PAGE_KEY_PREFIX: &str = "\u{0}page/";
 
 /// The store key of the page log of queue instance `id` with store key `key`.
@@ -146,7 +150,10 @@ pub struct PagingSetup {
     pub page_key: QueueKey,
     /// Messages from the head whose bodies stay in memory (0 = never page).
     pub window: usize,
-    /// Memory watermarks (transient messages are paged only under memory pressure).
+    /// Messages from the head whose transient bodies stay in memory without memory pressure
+    /// (`storage.transient_memory_window`; 0 = paged only under memory pressure).
+    pub transient_window: usize,
+    /// Memory watermarks (transient messages are paged under memory pressure).
     pub alarms: Option<Arc<ResourceAlarms>>,
 }
 
@@ -210,10 +217,15 @@ impl Pager {
         self.window > 0
     }
 
+    /// Messages from the head whose bodies are kept in memory (0 = paging off).
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     /// The body to keep for a message entering the ready queue at `position` (0 = head).
     /// Beyond the window, a `persisted` message (already on its way to the durable log) keeps
-    /// only its index entry, and so does any other message while memory is under pressure
-    /// (it is written to the page log at the end of the round).
+    /// only its index entry, and so does any other message beyond the transient window or
+    /// while memory is under pressure (it is written to the page log at the end of the round).
     pub fn admit(&mut self, msg: Arc<Message>, persisted: bool, position: usize) -> Body {
         let Some(setup) = &self.setup else {
             return Body::Loaded(msg);
@@ -221,10 +233,14 @@ impl Pager {
         if position < self.window {
             return Body::Loaded(msg);
         }
-        if !persisted && !setup.alarms.as_ref().is_some_and(|a| a.memory_pressure()) {
-            return Body::Loaded(msg);
+        let beyond_transient_window =
+            setup.transient_window > 0 && position >= setup.transient_window.max(self.window);
+        let pressure = || setup.alarms.as_ref().is_some_and(|a| a.memory_pressure());
+        if persisted || beyond_transient_window || pressure() {
+            self.page_out_one(&msg, persisted)
+        } else {
+            Body::Loaded(msg)
         }
-        self.page_out_one(&msg, persisted)
     }
 
     /// Drops the body of `msg` from memory: a persisted one is in the durable log already;
@@ -618,8 +634,32 @@ mod tests {
             log_key: Some("/q".into()),
             page_key: page_key(1, "/q"),
             window: 4,
+            transient_window: 0,
             alarms,
         }
+    }
+
+    #[test]
+    fn admit_pages_transient_messages_beyond_the_transient_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, h, _) = Store::open(dir.path(), FsyncMode::Never).unwrap();
+        let mut p = Pager::new(Some(PagingSetup {
+            transient_window: 50,
+            ..setup(&h, None)
+        }));
+        let m = message(7);
+        assert!(matches!(p.admit(m.clone(), false, 49), Body::Loaded(_)));
+        assert!(p.page_out.is_empty());
+        let b = p.admit(m.clone(), false, 50);
+        assert!(matches!(b, Body::Paged { page_seq: 1, .. }), "{b:?}");
+        assert_eq!(p.page_out.len(), 1);
+        // A transient window below the memory window acts as the memory window.
+        let mut p = Pager::new(Some(PagingSetup {
+            transient_window: 2,
+            ..setup(&h, None)
+        }));
+        assert!(matches!(p.admit(m.clone(), false, 3), Body::Loaded(_)));
+        assert!(matches!(p.admit(m, false, 4), Body::Paged { .. }));
     }
 
     #[test]

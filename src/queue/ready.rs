@@ -16,8 +16,32 @@
 //! either end of its level (the usual case: a consumer's unacked messages are
 //! older than everything ready), otherwise a binary search plus a
 //! `VecDeque::insert`, which moves the shorter side.
+//!
+//! **Compact tail** ([`ReadyQueue::with_compact_tail`], queues without priorities): beyond
+//! the first `head` messages, entries that have a compact form ([`HasId::compact`]: a body on
+//! disk and no per-message state) are kept as *runs* — consecutive ids whose records follow
+//! each other in the same log — costing 4 bytes per message (its body size) instead of a whole
+//! entry, so a backlog of 10 million paged messages costs tens of megabytes, not hundreds.
+//! Runs are expanded back into entries as the head drains below `head / 2`, so the head
+//! (where delivery, expiry and the pager's read-ahead window work) always holds real entries.
+//! Every item of the tail comes after every item of the head in delivery order; requeued
+//! messages always belong in the head (they are older than anything in the tail).
 
 use std::collections::VecDeque;
+
+/// Most messages in one run of the compact tail (bounds the slack of its size vector).
+const RUN_MAX: usize = 65_536;
+
+/// What a compact-tail entry keeps of a message (see [`HasId::compact`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Seq of its page-log record; 0 = in the queue's durable log, under its id.
+    pub page_seq: u64,
+    /// Body size in bytes.
+    pub size: u32,
+    /// The message's `priority` property.
+    pub priority: u8,
+}
 
 /// What the container needs to know about an entry.
 pub trait HasId {
@@ -28,6 +52,99 @@ pub trait HasId {
     /// The message's `priority` property (absent = 0).
     fn priority(&self) -> u8 {
         0
+    }
+    /// The compact form of this entry, if it can live in the compact tail: equal to
+    /// [`expand`](Self::expand)`(id, slot)`. The default: none.
+    fn compact(&self) -> Option<Slot> {
+        None
+    }
+    /// Rebuilds an entry from what [`compact`](Self::compact) returned for it; never called
+    /// for types whose `compact` returns `None`.
+    fn expand(id: u64, slot: Slot) -> Self
+    where
+        Self: Sized,
+    {
+        unreachable!("expand({id}, {slot:?}) for a type without a compact form")
+    }
+}
+
+/// Consecutive ids whose bodies are consecutive records of one log.
+#[derive(Debug, Clone)]
+struct Run {
+    /// Id of `sizes[start]`.
+    first_id: u64,
+    /// Page-log seq of `sizes[start]`; 0 = durable log (the seq is the id).
+    page_seq: u64,
+    priority: u8,
+    /// Index of the first message still in the run.
+    start: usize,
+    sizes: Vec<u32>,
+}
+
+impl Run {
+    fn len(&self) -> usize {
+        self.sizes.len() - self.start
+    }
+
+    fn last_id(&self) -> u64 {
+        self.first_id + self.len() as u64 - 1
+    }
+
+    /// Appends `(id, slot)` if it continues the run.
+    fn try_push(&mut self, id: u64, slot: Slot) -> bool {
+        let n = self.len() as u64;
+        let follows = id == self.first_id + n
+            && slot.priority == self.priority
+            && if self.page_seq == 0 {
+                slot.page_seq == 0
+            } else {
+                slot.page_seq == self.page_seq + n
+            };
+        if !follows || self.sizes.len() >= RUN_MAX {
+            return false;
+        }
+        self.sizes.push(slot.size);
+        true
+    }
+
+    /// Takes the first message (the run must not be empty).
+    fn pop(&mut self) -> (u64, Slot) {
+        let slot = Slot {
+            page_seq: self.page_seq,
+            size: self.sizes[self.start],
+            priority: self.priority,
+        };
+        let id = self.first_id;
+        self.start += 1;
+        self.first_id += 1;
+        if self.page_seq != 0 {
+            self.page_seq += 1;
+        }
+        (id, slot)
+    }
+}
+
+/// An item of the compact tail.
+#[derive(Debug, Clone)]
+enum Tail<T> {
+    Run(Run),
+    /// An entry without a compact form, kept whole to keep the order.
+    One(T),
+}
+
+impl<T: HasId> Tail<T> {
+    fn last_id(&self) -> u64 {
+        match self {
+            Tail::Run(r) => r.last_id(),
+            Tail::One(t) => t.id(),
+        }
+    }
+
+    fn covers(&self, id: u64) -> bool {
+        match self {
+            Tail::Run(r) => (r.first_id..=r.last_id()).contains(&id),
+            Tail::One(t) => t.id() == id,
+        }
     }
 }
 
@@ -41,6 +158,10 @@ pub struct ReadyQueue<T> {
     len: usize,
     bytes: u64,
     max_priority: Option<u8>,
+    /// Messages after the head (`levels[0]`) in compact form; empty unless `compact_after > 0`.
+    tail: VecDeque<Tail<T>>,
+    /// Head length beyond which new messages go to the compact tail (0 = no tail).
+    compact_after: usize,
 }
 
 impl<T: HasId> Default for ReadyQueue<T> {
@@ -59,7 +180,72 @@ impl<T: HasId> ReadyQueue<T> {
             len: 0,
             bytes: 0,
             max_priority,
+            tail: VecDeque::new(),
+            compact_after: 0,
         }
+    }
+
+    /// Keeps messages beyond the first `head` in the compact tail when they have a compact
+    /// form (see the module docs). Queues with priorities keep no tail; 0 = no tail.
+    pub fn with_compact_tail(mut self, head: usize) -> Self {
+        if self.levels.len() == 1 {
+            self.compact_after = head;
+        }
+        self
+    }
+
+    /// Appends to the compact tail, extending its last run when `item` continues it.
+    fn push_tail(&mut self, item: T) {
+        match item.compact() {
+            Some(slot) => {
+                let id = item.id();
+                if let Some(Tail::Run(run)) = self.tail.back_mut() {
+                    if run.try_push(id, slot) {
+                        return;
+                    }
+                }
+                self.tail.push_back(Tail::Run(Run {
+                    first_id: id,
+                    page_seq: slot.page_seq,
+                    priority: slot.priority,
+                    start: 0,
+                    sizes: vec![slot.size],
+                }));
+            }
+            None => self.tail.push_back(Tail::One(item)),
+        }
+    }
+
+    /// Takes the first message of the compact tail, as an entry.
+    fn pop_tail(&mut self) -> Option<T> {
+        let item = match self.tail.front_mut()? {
+            Tail::Run(run) => {
+                let (id, slot) = run.pop();
+                if run.len() == 0 {
+                    self.tail.pop_front();
+                }
+                T::expand(id, slot)
+            }
+            Tail::One(_) => match self.tail.pop_front() {
+                Some(Tail::One(t)) => t,
+                _ => unreachable!("front is a Tail::One"),
+            },
+        };
+        Some(item)
+    }
+
+    /// Expands tail messages into the head once it has drained below half of
+    /// `compact_after`, so that it never runs dry while the tail holds messages.
+    fn refill(&mut self) {
+        let head = &self.levels[0];
+        if self.tail.is_empty() || (!head.is_empty() && head.len() >= self.compact_after / 2) {
+            return;
+        }
+        while self.levels[0].len() < self.compact_after.max(1) {
+            let Some(item) = self.pop_tail() else { break };
+            self.levels[0].push_back(item);
+        }
+        self.mark(0);
     }
 
     /// The queue's `x-max-priority`, if it is a priority queue.
@@ -122,6 +308,14 @@ impl<T: HasId> ReadyQueue<T> {
 
     /// Appends a newly published message (its id must be the highest so far).
     pub fn push_back(&mut self, item: T) {
+        if self.compact_after > 0
+            && (!self.tail.is_empty() || self.levels[0].len() >= self.compact_after)
+        {
+            let size = item.body_size();
+            self.push_tail(item);
+            self.added(0, size);
+            return;
+        }
         let level = self.level_of(&item);
         debug_assert!(
             self.levels[level].back().is_none_or(|b| b.id() < item.id()),
@@ -141,6 +335,7 @@ impl<T: HasId> ReadyQueue<T> {
     pub fn pop_front(&mut self) -> Option<T> {
         let level = self.head_level()?;
         let item = self.levels[level].pop_front().expect("occupied level");
+        self.refill();
         self.removed(level, &item);
         Some(item)
     }
@@ -194,23 +389,38 @@ impl<T: HasId> ReadyQueue<T> {
         }
     }
 
-    /// Whether a message with this id is ready (a binary search per non-empty level).
+    /// Whether a message with this id is ready (a binary search per non-empty level and in
+    /// the compact tail).
     pub fn contains_id(&self, id: u64) -> bool {
+        let in_tail = || {
+            let i = self.tail.partition_point(|t| t.last_id() < id);
+            self.tail.get(i).is_some_and(|t| t.covers(id))
+        };
         self.levels
             .iter()
             .any(|q| !q.is_empty() && q.binary_search_by_key(&id, |e| e.id()).is_ok())
+            || in_tail()
     }
 
-    /// The ready messages in delivery order, mutably. Callers must not change
-    /// what [`HasId`] reports (id, size, priority): the levels and byte count
-    /// depend on it.
+    /// The ready messages held as entries, in delivery order, mutably: all but those in
+    /// compact runs (whose bodies are on disk and which have no per-message state). Callers
+    /// must not change what [`HasId`] reports (id, size, priority, compact form): the levels,
+    /// byte count and runs depend on it.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
-        self.levels.iter_mut().rev().flatten()
+        let tail = self.tail.iter_mut().filter_map(|t| match t {
+            Tail::One(item) => Some(item),
+            Tail::Run(_) => None,
+        });
+        self.levels.iter_mut().rev().flatten().chain(tail)
     }
 
-    /// The ready messages in delivery order.
+    /// The ready messages held as entries, in delivery order (see [`iter_mut`](Self::iter_mut)).
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &T> + '_ {
-        self.levels.iter().rev().flatten()
+        let tail = self.tail.iter().filter_map(|t| match t {
+            Tail::One(item) => Some(item),
+            Tail::Run(_) => None,
+        });
+        self.levels.iter().rev().flatten().chain(tail)
     }
 
     /// Keeps only the messages for which `keep` holds.
@@ -244,18 +454,61 @@ impl<T: HasId> ReadyQueue<T> {
             }
             self.unmark_if_empty(level);
         }
+        // The compact tail: each message is looked at as an entry; kept ones are re-packed.
+        let old_tail = std::mem::take(&mut self.tail);
+        for t in old_tail {
+            let mut run = match t {
+                Tail::One(item) => {
+                    count += self.keep_or_remove(item, &mut pred, &mut removed);
+                    continue;
+                }
+                Tail::Run(run) => run,
+            };
+            while run.len() > 0 {
+                let (id, slot) = run.pop();
+                count += self.keep_or_remove(T::expand(id, slot), &mut pred, &mut removed);
+            }
+        }
+        self.refill();
         count
+    }
+
+    /// Part of [`remove_where`](Self::remove_where) for one tail message: 1 if removed.
+    fn keep_or_remove(
+        &mut self,
+        item: T,
+        pred: &mut impl FnMut(&T) -> bool,
+        removed: &mut impl FnMut(T),
+    ) -> usize {
+        if pred(&item) {
+            self.len -= 1;
+            self.bytes -= item.body_size();
+            removed(item);
+            1
+        } else {
+            self.push_tail(item);
+            0
+        }
+    }
+
+    /// Removes every message (purge), handing them to `f` in delivery order; compact runs are
+    /// expanded one message at a time, so a large backlog is never materialised at once.
+    pub fn drain_with(&mut self, mut f: impl FnMut(T)) {
+        for level in self.levels.iter_mut().rev() {
+            level.drain(..).for_each(&mut f);
+        }
+        while let Some(item) = self.pop_tail() {
+            f(item);
+        }
+        self.occupied = [0; 4];
+        self.len = 0;
+        self.bytes = 0;
     }
 
     /// Removes every message (purge), returning them in delivery order.
     pub fn drain(&mut self) -> Vec<T> {
         let mut out = Vec::with_capacity(self.len);
-        for level in self.levels.iter_mut().rev() {
-            out.extend(level.drain(..));
-        }
-        self.occupied = [0; 4];
-        self.len = 0;
-        self.bytes = 0;
+        self.drain_with(|item| out.push(item));
         out
     }
 
@@ -265,6 +518,7 @@ impl<T: HasId> ReadyQueue<T> {
         for level in &mut self.levels {
             level.clear();
         }
+        self.tail.clear();
         self.occupied = [0; 4];
         self.len = 0;
         self.bytes = 0;
@@ -292,6 +546,21 @@ mod tests {
         }
         fn priority(&self) -> u8 {
             self.prio
+        }
+        // Every fifth message has no compact form (it stays whole in the tail).
+        fn compact(&self) -> Option<Slot> {
+            (!self.id.is_multiple_of(5)).then_some(Slot {
+                page_seq: 0,
+                size: self.size as u32,
+                priority: self.prio,
+            })
+        }
+        fn expand(id: u64, slot: Slot) -> Self {
+            M {
+                id,
+                prio: slot.priority,
+                size: u64::from(slot.size),
+            }
         }
     }
 
@@ -429,6 +698,119 @@ mod tests {
     }
 
     /// Random operations against a sorted-vector model.
+    /// A paged entry: `page` is its page-log seq (0 = durable log); `state` = not compactable.
+    #[derive(Debug, Clone, PartialEq)]
+    struct P {
+        id: u64,
+        page: u64,
+        state: bool,
+    }
+
+    impl HasId for P {
+        fn id(&self) -> u64 {
+            self.id
+        }
+        fn body_size(&self) -> u64 {
+            100 + self.id
+        }
+        fn compact(&self) -> Option<Slot> {
+            (!self.state).then_some(Slot {
+                page_seq: self.page,
+                size: (100 + self.id) as u32,
+                priority: 0,
+            })
+        }
+        fn expand(id: u64, slot: Slot) -> Self {
+            P {
+                id,
+                page: slot.page_seq,
+                state: false,
+            }
+        }
+    }
+
+    #[test]
+    fn compact_tail_keeps_order_counts_and_ids() {
+        let mut q = ReadyQueue::new(None).with_compact_tail(4);
+        // ids 1..=1000 in the durable log, then 1001..=1100 in the page log (seqs 1..),
+        // with a whole entry (1050) and a gap in page seqs (after 1080) breaking runs.
+        let mut all = Vec::new();
+        for id in 1..=1100u64 {
+            let page = match id {
+                ..=1000 => 0,
+                1001..=1080 => id - 1000,
+                _ => id - 1000 + 7,
+            };
+            all.push(P {
+                id,
+                page,
+                state: id == 1050,
+            });
+        }
+        for p in all.iter().cloned() {
+            q.push_back(p);
+        }
+        assert_eq!(q.len(), 1100);
+        assert_eq!(q.bytes(), all.iter().map(|p| p.body_size()).sum::<u64>());
+        // Head of 4 entries; tail: durable run, page run 1001..=1049, 1050 whole,
+        // page run 1051..=1080, page run 1081..=1100.
+        assert_eq!(
+            q.tail.len(),
+            5,
+            "{:?}",
+            q.tail.iter().map(Tail::last_id).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            q.iter().map(|p| p.id).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 1050]
+        );
+        for id in [1, 4, 5, 999, 1000, 1001, 1049, 1050, 1051, 1100] {
+            assert!(q.contains_id(id), "{id}");
+        }
+        assert!(!q.contains_id(0) && !q.contains_id(1101));
+        // Pop half, requeue two of them, drop some from the tail, then drain in order.
+        let mut popped: Vec<P> = (0..600).map(|_| q.pop_front().unwrap()).collect();
+        assert_eq!(popped, all[..600]);
+        assert!(!q.contains_id(600) && q.contains_id(601));
+        let back = vec![popped.remove(599), popped.remove(10)];
+        q.requeue_all(back);
+        let mut gone = Vec::new();
+        assert_eq!(q.remove_where(|p| p.id % 100 == 0, |p| gone.push(p.id)), 6);
+        assert_eq!(gone, [600, 700, 800, 900, 1000, 1100]);
+        let mut expect: Vec<P> = vec![all[10].clone()];
+        expect.extend(all[600..].iter().filter(|p| p.id % 100 != 0).cloned());
+        assert_eq!(q.len(), expect.len());
+        assert_eq!(q.bytes(), expect.iter().map(|p| p.body_size()).sum::<u64>());
+        let mut drained = Vec::new();
+        q.drain_with(|p| drained.push(p));
+        assert_eq!(drained, expect);
+        assert!(q.is_empty() && q.tail.is_empty() && q.front().is_none());
+    }
+
+    #[test]
+    fn compact_tail_costs_four_bytes_a_message() {
+        let mut q = ReadyQueue::new(None).with_compact_tail(4096);
+        for id in 1..=1_000_000u64 {
+            q.push_back(P {
+                id,
+                page: 0,
+                state: false,
+            });
+        }
+        let heap: usize = q
+            .tail
+            .iter()
+            .map(|t| match t {
+                Tail::Run(r) => r.sizes.capacity() * 4,
+                Tail::One(_) => 0,
+            })
+            .sum();
+        assert_eq!(q.tail.len(), (1_000_000 - 4096usize).div_ceil(RUN_MAX));
+        assert!(heap <= 1_000_000 * 4 + RUN_MAX * 4, "{heap} bytes");
+        assert_eq!(q.pop_front().unwrap().id, 1);
+        assert_eq!(q.len(), 999_999);
+    }
+
     #[test]
     fn matches_a_simple_model() {
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
@@ -438,9 +820,19 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        for max in [None, Some(0), Some(3), Some(10), Some(255)] {
+        let shapes = [
+            (None, 0),
+            (Some(0), 0),
+            (Some(3), 0),
+            (Some(10), 0),
+            (Some(255), 0),
+            (None, 2),
+            (None, 16),
+            (Some(3), 16), // priority queues keep no tail
+        ];
+        for (max, tail) in shapes {
             let levels = max.map_or(1, |m: u8| u64::from(m) + 1);
-            let mut q = ReadyQueue::new(max);
+            let mut q = ReadyQueue::new(max).with_compact_tail(tail);
             let mut model: Vec<M> = Vec::new();
             let mut out: Vec<M> = Vec::new();
             let mut next = 1;
@@ -486,7 +878,8 @@ mod tests {
                 assert_eq!(q.bytes(), model.iter().map(|x| x.size).sum::<u64>());
                 assert_eq!(q.front(), model.first());
             }
-            assert_eq!(ids(&q), model.iter().map(|x| x.id).collect::<Vec<_>>());
+            let all: Vec<u64> = q.drain().into_iter().map(|x| x.id).collect();
+            assert_eq!(all, model.iter().map(|x| x.id).collect::<Vec<_>>());
         }
     }
 }

@@ -134,6 +134,7 @@ async fn open_storage(config: Arc<Config>) -> Result<(Store, Arc<Broker>), Start
         data_dir: config.data_dir.clone(),
         definitions_lock: parking_lot::Mutex::new(()),
         queue_memory_window: config.storage.queue_memory_window,
+        transient_memory_window: config.storage.transient_memory_window,
         alarms: Arc::new(crate::alarm::ResourceAlarms::new(&config.resources)),
     });
     let broker = Broker::new(config.clone(), Some(storage));

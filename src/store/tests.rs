@@ -373,7 +373,7 @@ fn scratch_logs_are_never_fsynced() {
     flush_wait(&h).unwrap();
     assert_eq!(store.stats().fsyncs.load(Relaxed), 0, "scratch log fsynced");
     // The same appends to a real queue log are fsynced (`storage.fsync = "always"`).
-    append_wait(&h, &"1/x".to_string(), vec![msg(1, "durable")]).unwrap();
+    append_wait(&h, "1/x", vec![msg(1, "durable")]).unwrap();
     assert!(store.stats().fsyncs.load(Relaxed) > 0);
     // Scratch records read back like any other.
     let mut reader = h.reader().seq_reader(&scratch);
