@@ -8,7 +8,7 @@
 //! vectored writes.
 
 use super::error::AmqpError;
-use amq_protocol::protocol::{basic::AMQPProperties, AMQPClass};
+use amq_protocol::protocol::{basic, basic::AMQPProperties, AMQPClass};
 use bytes::{Buf, Bytes, BytesMut};
 use nom::Parser;
 
@@ -135,6 +135,12 @@ fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
         ))
         .on_method(class_id, method_id));
     }
+    if (class_id, method_id) == (60, 40) {
+        if let Some(publish) = decode_publish(&payload[4..]) {
+            return Ok(AMQPClass::Basic(basic::AMQPMethod::Publish(publish)));
+        }
+        // Anything unusual takes the generic parser below, for its exact error.
+    }
     match nom::combinator::all_consuming(amq_protocol::protocol::parse_class).parse(payload) {
         Ok((_, class)) => {
             check_unsupported_fields(class_id, method_id, &payload[4..])?;
@@ -146,6 +152,27 @@ fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
         ))
         .on_method(class_id, method_id)),
     }
+}
+
+/// `basic.publish` arguments (reserved short, exchange, routing key, flag bits), decoded by
+/// hand: it is the one method on the per-message path, and the generic parser builds it
+/// byte by byte and allocates a named flag list per call. `None` for anything the generic
+/// parser must judge (short input, trailing bytes, invalid UTF-8), so errors stay the same.
+fn decode_publish(args: &[u8]) -> Option<basic::Publish> {
+    fn short_str(buf: &[u8]) -> Option<(&str, &[u8])> {
+        let (&len, rest) = buf.split_first()?;
+        let (s, rest) = rest.split_at_checked(usize::from(len))?;
+        Some((std::str::from_utf8(s).ok()?, rest))
+    }
+    let (exchange, rest) = short_str(args.get(2..)?)?;
+    let (routing_key, rest) = short_str(rest)?;
+    let [bits] = rest else { return None };
+    Some(basic::Publish {
+        exchange: exchange.into(),
+        routing_key: routing_key.into(),
+        mandatory: bits & 1 != 0,
+        immediate: bits & 2 != 0,
+    })
 }
 
 /// Fields amq-protocol parses but drops, which RabbitMQ refuses when set.
@@ -390,6 +417,50 @@ mod tests {
         let mut v = Vec::new();
         encode_method(&mut v, 3, method);
         BytesMut::from(&v[..])
+    }
+
+    /// The hand decoder agrees with amq-protocol's parser on every input it accepts, and
+    /// declines (leaving the error to the generic parser) everything that parser refuses.
+    #[test]
+    fn publish_fast_path_matches_the_generic_parser() {
+        let generic = |payload: &[u8]| {
+            nom::combinator::all_consuming(amq_protocol::protocol::parse_class)
+                .parse(payload)
+                .ok()
+                .map(|(_, c)| c)
+        };
+        let mut inputs: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0, 0],
+            vec![0, 0, 0, 0, 0],
+            vec![0, 0, 0, 0, 0, 0],    // trailing byte
+            vec![0, 0, 1, 0xff, 0, 0], // invalid UTF-8
+            vec![0, 0, 5, b'a', b'b'], // short string past the end
+        ];
+        for bits in 0..=255u8 {
+            inputs.push(vec![
+                0, 7, 3, b'a', b'm', b'q', 4, b'k', b'e', b'y', b'1', bits,
+            ]);
+        }
+        let long = "x".repeat(255);
+        let mut max = vec![0, 0, 255];
+        max.extend_from_slice(long.as_bytes());
+        max.extend_from_slice(&[255]);
+        max.extend_from_slice("é".repeat(127).as_bytes());
+        max.push(1); // 254-byte routing key cut in a character: invalid UTF-8
+        inputs.push(max.clone());
+        max.truncate(max.len() - 2 - 254);
+        max.extend_from_slice(&[4, b'r', b'k', 0xc3, 0xa9, 3]);
+        inputs.push(max);
+        for args in inputs {
+            let fast =
+                decode_publish(&args).map(|p| AMQPClass::Basic(basic::AMQPMethod::Publish(p)));
+            assert_eq!(
+                fast,
+                generic(&[&[0, 60, 0, 40], &args[..]].concat()),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]
