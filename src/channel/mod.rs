@@ -20,7 +20,8 @@ use amq_protocol::protocol::{
     access, basic, channel, confirm as confirm_class, exchange, queue, tx, AMQPClass,
 };
 pub use ctx::ConnCtx;
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -66,7 +67,7 @@ pub struct Channel {
     /// Unsettled deliveries, ordered by tag.
     pub unacked: VecDeque<UnackedEntry>,
     /// Consumers by tag.
-    pub consumers: HashMap<Arc<str>, ChannelConsumer>,
+    pub consumers: FxHashMap<Arc<str>, ChannelConsumer>,
     /// Prefetch applied to new consumers (`basic.qos` with global=false).
     pub consumer_prefetch: u32,
     /// Channel-wide credit shared with queues.
@@ -91,7 +92,7 @@ impl Channel {
             closing: false,
             next_tag: 1,
             unacked: VecDeque::new(),
-            consumers: HashMap::new(),
+            consumers: FxHashMap::default(),
             consumer_prefetch: 0,
             limiter,
             confirms: None,

@@ -20,7 +20,7 @@ use crate::protocol::AmqpError;
 use crate::queue::{ChanKey, ChannelLimiter, ConnEvent, ConnHandle, ConnShared};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use bytes::BytesMut;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,8 +97,8 @@ pub async fn serve(
                 neg.frame_max,
                 neg.consumer_cancel_notify,
             ),
-            channels: HashMap::new(),
-            by_key: HashMap::new(),
+            channels: FxHashMap::default(),
+            by_key: FxHashMap::default(),
             channel_max: neg.channel_max,
             heartbeat: neg.heartbeat,
             read_half,
@@ -136,8 +136,8 @@ pub async fn serve(
 struct Connection {
     ctx: ConnCtx,
     /// Open channels, boxed so that the map's buckets stay small (memory per idle connection).
-    channels: HashMap<u16, Box<Channel>>,
-    by_key: HashMap<ChanKey, u16>,
+    channels: FxHashMap<u16, Box<Channel>>,
+    by_key: FxHashMap<ChanKey, u16>,
     channel_max: u16,
     heartbeat: u16,
     read_half: OwnedReadHalf,
