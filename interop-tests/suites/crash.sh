@@ -11,7 +11,7 @@ install() { ensure_venv; }
 
 run() {
   ensure_venv
-  local binary="${WARRENMQ_BINARY:-$INTEROP_DIR/../target/release/warrenmq}"
+  local binary="${WARRENMQ_BINARY:-${CARGO_TARGET_DIR:-$INTEROP_DIR/../target}/release/warrenmq}"
   [[ -x "$binary" ]] || die "no WarrenMQ binary at $binary (build it first)"
   local log="$RESULTS/crash.log" rc=0
   "$VENV_PY" "$INTEROP_DIR/scenarios/crash_test.py" "$binary" >"$log" 2>&1 || rc=$?
