@@ -19,8 +19,8 @@ pub struct Message {
     pub exchange: Box<str>,
     /// Routing key it was published with.
     pub routing_key: Box<str>,
-    /// Decoded properties.
-    pub properties: AMQPProperties,
+    /// Decoded properties (boxed: moved and shared as a pointer).
+    pub properties: Box<AMQPProperties>,
     /// Encoded properties, sent as-is in deliveries.
     pub raw_properties: Bytes,
     /// The body (a zero-copy slice of the publisher's read buffer when it fit one frame).
@@ -29,7 +29,13 @@ pub struct Message {
 
 impl Message {
     /// Builds a message from an assembled publish.
-    pub fn new(exchange: &str, routing_key: &str, header: ContentHeader, body: Bytes) -> Arc<Self> {
+    /// Owned names (`String`s from the decoded method) move in without a copy.
+    pub fn new(
+        exchange: impl Into<Box<str>>,
+        routing_key: impl Into<Box<str>>,
+        header: ContentHeader,
+        body: Bytes,
+    ) -> Arc<Self> {
         Arc::new(Message {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
@@ -50,7 +56,7 @@ impl Message {
         Some(Arc::new(Message {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
-            properties,
+            properties: Box::new(properties),
             raw_properties,
             body,
         }))
@@ -62,7 +68,7 @@ impl Message {
             exchange: self.exchange.clone(),
             routing_key: self.routing_key.clone(),
             raw_properties: encode_properties(&properties),
-            properties,
+            properties: Box::new(properties),
             body: self.body.clone(),
         })
     }

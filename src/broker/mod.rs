@@ -3,6 +3,7 @@
 
 pub mod definitions;
 pub mod delayed;
+pub mod route_cache;
 pub mod sender_selected;
 pub mod vhost;
 

@@ -114,6 +114,9 @@ pub struct VHost {
     exchanges: RwLock<HashMap<Arc<str>, Arc<Exchange>>>,
     /// Bumped after every change to `exchanges`, so connections can cache lookups.
     exchanges_version: AtomicU64,
+    /// Bumped after every change that can alter where a publish routes (queues,
+    /// exchanges, bindings), so connections can cache routes ([`super::route_cache::RouteCache`]).
+    routes_version: AtomicU64,
     queues: RwLock<HashMap<Arc<str>, QueueHandle>>,
     ids: Arc<Ids>,
     storage: Option<Arc<Storage>>,
@@ -129,6 +132,7 @@ impl VHost {
             name: name.into(),
             exchanges: RwLock::new(HashMap::new()),
             exchanges_version: AtomicU64::new(0),
+            routes_version: AtomicU64::new(0),
             queues: RwLock::new(HashMap::new()),
             ids,
             storage,
@@ -172,6 +176,18 @@ impl VHost {
 
     fn exchanges_changed(&self) {
         self.exchanges_version.fetch_add(1, Ordering::Release);
+        self.routes_changed();
+    }
+
+    /// Changes whenever routing may have changed (see [`super::route_cache::RouteCache`]).
+    pub fn routes_version(&self) -> u64 {
+        self.routes_version.load(Ordering::Acquire)
+    }
+
+    /// Called *after* a change is visible, so a route computed from the old
+    /// topology is never remembered under the new version.
+    fn routes_changed(&self) {
+        self.routes_version.fetch_add(1, Ordering::Release);
     }
 
     /// Looks up a queue.
@@ -374,6 +390,7 @@ impl VHost {
                 emptied.push(ex.name.clone());
             }
         }
+        self.routes_changed();
         for name in emptied {
             self.remove_exchange(&name);
         }
@@ -427,6 +444,7 @@ impl VHost {
         let handle = self.spawn_queue(info, Vec::new());
         queues.insert(handle.info.name.clone(), handle.clone());
         drop(queues);
+        self.routes_changed();
         if is_stored(&handle) {
             self.persist();
         }
@@ -545,6 +563,7 @@ impl VHost {
                 _ => return,
             }
         }
+        self.routes_changed();
         self.remove_destination(&Destination::Queue(q.info.name.clone()));
         if is_stored(q) {
             self.persist();
@@ -584,6 +603,9 @@ impl VHost {
         self.check_destination(&dest)?;
         Bindings::<Destination>::validate_args(ex.kind, args).map_err(AmqpError::precondition)?;
         let added = ex.bindings.write().bind(dest, routing_key, args);
+        if added {
+            self.routes_changed();
+        }
         if added && ex.durable {
             self.persist();
         }
@@ -613,6 +635,9 @@ impl VHost {
             let removed = b.unbind(&dest, routing_key, args);
             (removed, removed && ex.auto_delete && b.is_empty())
         };
+        if removed {
+            self.routes_changed();
+        }
         if emptied {
             self.remove_exchange(source);
         } else if removed && ex.durable {
@@ -789,6 +814,7 @@ impl VHost {
                 ex.bindings.write().bind(dest, &b.routing_key, &b.arguments);
             }
         }
+        self.routes_changed();
         // Bindings are back: delayed messages that fell due meanwhile may go.
         for ex in self.exchanges() {
             if let Some(delayed) = &ex.delayed {

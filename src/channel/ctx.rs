@@ -47,6 +47,8 @@ pub struct ConnCtx {
     pub ack_deadline: Option<std::time::Instant>,
     /// Exchange lookups for publishing, without the vhost's lock.
     pub exchanges: crate::broker::vhost::ExchangeCache,
+    /// Remembered routes of headerless publishes.
+    pub routes: crate::broker::route_cache::RouteCache,
 }
 
 impl ConnCtx {
@@ -75,6 +77,7 @@ impl ConnCtx {
             congested: None,
             ack_deadline: None,
             exchanges: Default::default(),
+            routes: Default::default(),
         }
     }
 

@@ -105,7 +105,7 @@ impl Channel {
     /// Handles one assembled command.
     pub async fn handle(&mut self, ctx: &mut ConnCtx, cmd: Command) -> AmqpResult<()> {
         match cmd {
-            Command::Publish(p, header, body) => self.basic_publish(ctx, *p, *header, body).await,
+            Command::Publish(p, header, body) => self.basic_publish(ctx, *p, header, body),
             Command::Method(m) => {
                 let (class_id, method_id) = (m.get_amqp_class_id(), m.get_amqp_method_id());
                 // Anything but a publish or an ack must observe earlier publishes and acks.

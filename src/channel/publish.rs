@@ -2,6 +2,7 @@
 //! direct reply-to, and transactions (`tx.select/commit/rollback`).
 
 use super::{Channel, ConnCtx, UnackedEntry};
+use crate::broker::route_cache::RouteCache;
 use crate::broker::{Exchange, REPLY_TO_QUEUE};
 use crate::message::Message;
 use crate::protocol::codec::ContentHeader;
@@ -23,8 +24,9 @@ pub struct TxBuffer {
 }
 
 impl Channel {
-    /// `basic.publish` with its content.
-    pub async fn basic_publish(
+    /// `basic.publish` with its content. Never waits: flow control happens
+    /// when the connection flushes its per-queue batches.
+    pub fn basic_publish(
         &mut self,
         ctx: &mut ConnCtx,
         p: basic::Publish,
@@ -96,8 +98,6 @@ impl Channel {
         body: Bytes,
         ex: Option<Arc<Exchange>>,
     ) {
-        let exchange = p.exchange.as_str();
-        let routing_key = p.routing_key.as_str();
         if header.properties.reply_to().as_ref().map(|r| r.as_str()) == Some(REPLY_TO_QUEUE) {
             // Direct reply-to: name the caller's pseudo-queue instead.
             let key = self.reply_key.as_deref().unwrap_or_default();
@@ -107,7 +107,14 @@ impl Channel {
                 .with_reply_to(format!("{REPLY_TO_QUEUE}.{key}").into());
             header = crate::protocol::codec::content_header(header.body_size, props);
         }
-        let mut msg = Message::new(exchange, routing_key, header, body);
+        let mandatory = p.mandatory;
+        let mut msg = Message::new(
+            String::from(p.exchange),
+            String::from(p.routing_key),
+            header,
+            body,
+        );
+        let direct = msg.exchange.is_empty() && msg.routing_key.starts_with(REPLY_TO_QUEUE);
         let seq = self.confirms.as_mut().map(|c| c.next_seq());
         let confirm = seq.map(|seq| ConfirmTag {
             chan_key: self.key,
@@ -117,8 +124,17 @@ impl Channel {
         let mut routed = 0u32;
         // A delayed exchange confirms this publish itself, once its log is on disk.
         let mut held = false;
-        if exchange.is_empty() && routing_key.starts_with(REPLY_TO_QUEUE) {
-            routed = self.publish_reply(ctx, routing_key, &msg);
+        if direct {
+            routed = self.publish_reply(ctx, &msg);
+        } else if let Some(ex) = ex
+            .as_ref()
+            .filter(|ex| RouteCache::applies(ex, msg.headers().is_some()))
+        {
+            let targets = ctx.routes.route(&ctx.vhost, ex, &msg.routing_key);
+            routed = targets.len() as u32;
+            for q in targets.iter() {
+                ctx.enqueue(q, msg.clone(), confirm);
+            }
         } else if let Some(ex) = ex {
             let mut targets = std::mem::take(&mut ctx.route_buf);
             let published =
@@ -132,20 +148,19 @@ impl Channel {
             ctx.route_buf = targets;
         }
 
-        if routed == 0 && p.mandatory {
+        if routed == 0 && mandatory {
             ctx.send_method(
                 self.id,
                 &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                     reply_code: ReplyCode::NoRoute as u16,
                     reply_text: "NO_ROUTE".into(),
-                    exchange: p.exchange.clone(),
-                    routing_key: p.routing_key.clone(),
+                    exchange: (*msg.exchange).into(),
+                    routing_key: (*msg.routing_key).into(),
                 })),
             );
             ctx.send_content(self.id, &msg);
         }
         if let (Some(c), Some(seq)) = (self.confirms.as_mut(), seq) {
-            let direct = exchange.is_empty() && routing_key.starts_with(REPLY_TO_QUEUE);
             let waits_for = if direct { 0 } else { routed + held as u32 };
             c.expect(seq, waits_for);
             if waits_for == 0 {
@@ -155,8 +170,9 @@ impl Channel {
     }
 
     /// Delivers a reply straight to the direct reply-to consumer it names.
-    fn publish_reply(&mut self, ctx: &mut ConnCtx, routing_key: &str, msg: &Arc<Message>) -> u32 {
-        let key = routing_key
+    fn publish_reply(&mut self, ctx: &mut ConnCtx, msg: &Arc<Message>) -> u32 {
+        let key = msg
+            .routing_key
             .strip_prefix(REPLY_TO_QUEUE)
             .and_then(|k| k.strip_prefix('.'))
             .unwrap_or("");

@@ -7,6 +7,7 @@
 //! socket's write half belongs to the [`writer`] task. Hard errors close only this
 //! connection; soft errors close only the channel.
 
+pub mod channels;
 pub mod handshake;
 pub mod inbox;
 pub mod writer;
@@ -15,11 +16,13 @@ use crate::alarm::AlarmState;
 use crate::auth::UserStore;
 use crate::broker::Broker;
 use crate::channel::{Channel, ConnCtx};
+use crate::protocol::assembler::Command;
 use crate::protocol::codec::{self, Frame};
 use crate::protocol::AmqpError;
 use crate::queue::{ChanKey, ChannelLimiter, ConnEvent, ConnHandle, ConnShared};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use bytes::BytesMut;
+use channels::ChannelTable;
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,7 +100,7 @@ pub async fn serve(
                 neg.frame_max,
                 neg.consumer_cancel_notify,
             ),
-            channels: FxHashMap::default(),
+            channels: ChannelTable::default(),
             by_key: FxHashMap::default(),
             channel_max: neg.channel_max,
             heartbeat: neg.heartbeat,
@@ -136,7 +139,7 @@ pub async fn serve(
 struct Connection {
     ctx: ConnCtx,
     /// Open channels, boxed so that the map's buckets stay small (memory per idle connection).
-    channels: FxHashMap<u16, Box<Channel>>,
+    channels: ChannelTable,
     by_key: FxHashMap<ChanKey, u16>,
     channel_max: u16,
     heartbeat: u16,
@@ -359,7 +362,7 @@ impl Connection {
             self.close_connection(e).await;
             return Flow::Continue;
         }
-        let Some(chan) = self.channels.get_mut(&ch) else {
+        let Some(chan) = self.channels.get_mut(ch) else {
             return self.unopened_channel(ch, frame).await;
         };
         if chan.closing {
@@ -390,6 +393,10 @@ impl Connection {
         }
         let max = self.ctx.max_message_size;
         let result = match chan.assembler.push(frame, max) {
+            // Publishes never wait: skip building the general command future.
+            Ok(Some(Command::Publish(p, header, body))) => {
+                chan.basic_publish(&mut self.ctx, *p, header, body)
+            }
             Ok(Some(cmd)) => chan.handle(&mut self.ctx, cmd).await,
             Ok(None) => Ok(()),
             Err(e) => Err(e),
@@ -434,7 +441,7 @@ impl Connection {
     }
 
     fn remove_channel(&mut self, ch: u16) {
-        if let Some(chan) = self.channels.remove(&ch) {
+        if let Some(chan) = self.channels.remove(ch) {
             self.by_key.remove(&chan.key);
         }
     }
@@ -509,7 +516,7 @@ impl Connection {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut timed_out = Vec::new();
-        for (&id, chan) in &self.channels {
+        for (id, chan) in self.channels.iter() {
             if chan.closing {
                 continue;
             }
@@ -532,7 +539,7 @@ impl Connection {
             return;
         }
         warn!(channel = ch, code = e.code as u16, text = %e.text, "channel error");
-        if let Some(chan) = self.channels.get_mut(&ch) {
+        if let Some(chan) = self.channels.get_mut(ch) {
             chan.closing = true;
             chan.release(&mut self.ctx).await;
             self.ctx.send_method(
@@ -577,7 +584,7 @@ impl Connection {
                     let chan = self
                         .by_key
                         .get(&d.chan_key)
-                        .and_then(|ch| self.channels.get_mut(ch));
+                        .and_then(|&ch| self.channels.get_mut(ch));
                     match chan {
                         Some(chan) if !chan.closing => chan.deliver(&mut self.ctx, d, now),
                         // The channel is gone; its queues requeue on ChannelClosed.
@@ -594,7 +601,7 @@ impl Connection {
                     if let Some(chan) = self
                         .by_key
                         .get(&key)
-                        .and_then(|ch| self.channels.get_mut(ch))
+                        .and_then(|&ch| self.channels.get_mut(ch))
                     {
                         if !chan.closing {
                             chan.confirmed(
@@ -614,7 +621,7 @@ impl Connection {
                 if let Some(chan) = self
                     .by_key
                     .get(&chan_key)
-                    .and_then(|ch| self.channels.get_mut(ch))
+                    .and_then(|&ch| self.channels.get_mut(ch))
                 {
                     chan.consumer_cancelled(&mut self.ctx, consumer_tag);
                 }

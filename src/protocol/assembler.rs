@@ -17,7 +17,7 @@ pub enum Command {
     /// A method without content.
     Method(Box<AMQPClass>),
     /// A `basic.publish` with its assembled content.
-    Publish(Box<basic::Publish>, Box<ContentHeader>, Bytes),
+    Publish(Box<basic::Publish>, ContentHeader, Bytes),
 }
 
 /// Assembly state of one channel.
@@ -33,7 +33,7 @@ pub enum Assembler {
         /// The method.
         publish: Box<basic::Publish>,
         /// The content header.
-        header: Box<ContentHeader>,
+        header: ContentHeader,
         /// Bytes still expected.
         remaining: u64,
         /// The first body frame (kept zero-copy if it turns out to be the only one).
@@ -184,7 +184,7 @@ mod tests {
     }
 
     fn header(size: u64) -> Frame {
-        Frame::Header(1, Box::new(content_header(size, AMQPProperties::default())))
+        Frame::Header(1, content_header(size, AMQPProperties::default()))
     }
 
     #[test]

@@ -34,8 +34,9 @@ pub struct ContentHeader {
     pub class_id: u16,
     /// Total body size announced.
     pub body_size: u64,
-    /// Decoded properties (for routing, TTL, persistence decisions).
-    pub properties: AMQPProperties,
+    /// Decoded properties (for routing, TTL, persistence decisions); boxed so
+    /// a header moves through the publish path as a pointer, not ~340 bytes.
+    pub properties: Box<AMQPProperties>,
     /// The property flags + property list exactly as received, re-sent verbatim on delivery.
     pub raw_properties: Bytes,
 }
@@ -46,7 +47,7 @@ pub enum Frame {
     /// A method frame.
     Method(u16, Box<AMQPClass>),
     /// A content header frame.
-    Header(u16, Box<ContentHeader>),
+    Header(u16, ContentHeader),
     /// A content body frame; the payload is a zero-copy slice of the read buffer.
     Body(u16, Bytes),
     /// A heartbeat frame (channel recorded so non-zero channels can be rejected).
@@ -102,21 +103,38 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
             ErlangBinary(&buf[7..7 + size])
         )));
     }
-    buf.advance(7);
-    let payload = buf.split_to(size).freeze();
-    buf.advance(1);
-    match frame_type {
+    // Methods and bare content headers are decoded in place; only payloads the
+    // frame keeps (bodies, property bytes) are split off the read buffer.
+    let frame = match frame_type {
         FRAME_METHOD => {
-            let class = decode_method(&payload)?;
-            Ok(Some(Frame::Method(channel, Box::new(class))))
+            let class = decode_method(&buf[7..7 + size]);
+            buf.advance(size + FRAME_OVERHEAD);
+            Frame::Method(channel, Box::new(class?))
         }
-        FRAME_HEADER => Ok(Some(Frame::Header(
-            channel,
-            Box::new(decode_header(payload)?),
-        ))),
-        FRAME_BODY => Ok(Some(Frame::Body(channel, payload))),
-        _ => Ok(Some(Frame::Heartbeat(channel))),
-    }
+        FRAME_HEADER => {
+            let (class_id, body_size) = header_prefix(&buf[7..7 + size])?;
+            let raw_properties = if buf[7 + 12..7 + size] == BARE_PROPERTIES {
+                buf.advance(size + FRAME_OVERHEAD);
+                Bytes::from_static(&BARE_PROPERTIES)
+            } else {
+                buf.advance(7 + 12);
+                let raw = buf.split_to(size - 12).freeze();
+                buf.advance(1);
+                raw
+            };
+            Frame::Header(channel, decode_header(class_id, body_size, raw_properties)?)
+        }
+        _ => {
+            buf.advance(7);
+            let payload = buf.split_to(size).freeze();
+            buf.advance(1);
+            match frame_type {
+                FRAME_BODY => Frame::Body(channel, payload),
+                _ => Frame::Heartbeat(channel),
+            }
+        }
+    };
+    Ok(Some(frame))
 }
 
 /// Decodes a method payload.
@@ -264,24 +282,36 @@ fn is_known_method(class_id: u16, method_id: u16) -> bool {
 }
 
 /// Decodes a content header payload, keeping the raw property bytes.
-fn decode_header(payload: Bytes) -> Result<ContentHeader, AmqpError> {
+/// Property flags with no property set: what most bare publishes carry.
+const BARE_PROPERTIES: [u8; 2] = [0, 0];
+
+/// A content header's class id and body size (the properties follow at offset 12).
+fn header_prefix(payload: &[u8]) -> Result<(u16, u64), AmqpError> {
     if payload.len() < 14 {
         return Err(AmqpError::frame_error("content header frame too short"));
     }
     let class_id = u16::from_be_bytes([payload[0], payload[1]]);
     let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes checked"));
-    let raw_properties = payload.slice(12..);
-    let properties =
-        match nom::combinator::all_consuming(amq_protocol::protocol::basic::parse_properties)
-            .parse(&raw_properties[..])
-        {
-            Ok((_, p)) => p,
-            Err(_) => {
+    Ok((class_id, body_size))
+}
+
+fn decode_header(
+    class_id: u16,
+    body_size: u64,
+    raw_properties: Bytes,
+) -> Result<ContentHeader, AmqpError> {
+    let properties = if raw_properties[..] == BARE_PROPERTIES {
+        Box::default()
+    } else {
+        match decode_properties(&raw_properties) {
+            Some(p) => Box::new(p),
+            None => {
                 return Err(AmqpError::syntax_error(
                     "malformed content header properties",
                 ))
             }
-        };
+        }
+    };
     Ok(ContentHeader {
         class_id,
         body_size,
@@ -391,7 +421,7 @@ pub fn content_header(body_size: u64, properties: AMQPProperties) -> ContentHead
     ContentHeader {
         class_id: 60,
         body_size,
-        properties,
+        properties: Box::new(properties),
         raw_properties,
     }
 }
@@ -535,7 +565,7 @@ mod tests {
         match parse_frame(&mut buf, 131072).unwrap() {
             Some(Frame::Header(1, h)) => {
                 assert_eq!(h.body_size, 10);
-                assert_eq!(h.properties, props);
+                assert_eq!(*h.properties, props);
                 assert_eq!(h.raw_properties, raw);
             }
             other => panic!("{other:?}"),

@@ -178,13 +178,13 @@ pub fn spawn(
 ) -> QueueHandle {
     let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
     let (ctl, ctl_rx) = mpsc::unbounded_channel();
-    let handle = QueueHandle {
+    let handle = QueueHandle::new(
         id,
-        info: Arc::new(info),
+        Arc::new(info),
+        Arc::new(super::QueueGauge::default()),
         tx,
         ctl,
-        gauge: Arc::new(super::QueueGauge::default()),
-    };
+    );
     let span = tracing::info_span!("queue", vhost = %handle.info.vhost, name = %handle.info.name);
     let mut pager = Pager::new(store.as_ref().map(|s| PagingSetup {
         store: s.handle.clone(),
@@ -666,7 +666,7 @@ impl Queue {
                 exchange: dlx.into(),
                 routing_key: keys[0].as_str().into(),
                 raw_properties: crate::protocol::codec::encode_properties(&props),
-                properties: props,
+                properties: Box::new(props),
                 body: msg.body.clone(),
             });
             targets.clear();
@@ -847,7 +847,7 @@ impl Queue {
         if !self.counts_deliveries() || (entry.deliveries == 0 && !always) {
             return msg.clone();
         }
-        let mut props = msg.properties.clone();
+        let mut props = (*msg.properties).clone();
         let mut headers = props.headers().clone().unwrap_or_default();
         headers.insert(
             "x-delivery-count".into(),
@@ -1017,7 +1017,7 @@ impl Queue {
                 msg,
                 msg_id: entry.id,
                 redelivered: entry.redelivered,
-                queue: Some(self.me.clone()),
+                queue: (!c.spec.no_ack).then(|| self.me.clone()),
                 needs_ack: !c.spec.no_ack,
                 counted_global,
             };

@@ -93,9 +93,14 @@ impl QueueGauge {
     }
 }
 
-/// A cheap, cloneable reference to a queue actor.
+/// A cheap, cloneable reference to a queue actor: one `Arc`, so routing a
+/// message or handing out a delivery costs a single refcount bump.
 #[derive(Clone, Debug)]
-pub struct QueueHandle {
+pub struct QueueHandle(Arc<QueueLink>);
+
+/// What a [`QueueHandle`] points at (reached through `Deref`).
+#[derive(Debug)]
+pub struct QueueLink {
     /// Unique instance id.
     pub id: QueueId,
     /// Declaration facts.
@@ -107,6 +112,32 @@ pub struct QueueHandle {
     /// Settlements, cancels and wake-ups: bounded by consumer credit, never stuck
     /// behind a backlog of publishes.
     ctl: mpsc::UnboundedSender<QueueCmd>,
+}
+
+impl std::ops::Deref for QueueHandle {
+    type Target = QueueLink;
+    fn deref(&self) -> &QueueLink {
+        &self.0
+    }
+}
+
+impl QueueHandle {
+    /// A handle over a queue actor's two inbox lanes.
+    pub fn new(
+        id: QueueId,
+        info: Arc<QueueInfo>,
+        gauge: Arc<QueueGauge>,
+        tx: mpsc::Sender<QueueCmd>,
+        ctl: mpsc::UnboundedSender<QueueCmd>,
+    ) -> Self {
+        QueueHandle(Arc::new(QueueLink {
+            id,
+            info,
+            gauge,
+            tx,
+            ctl,
+        }))
+    }
 }
 
 impl PartialEq for QueueHandle {
@@ -140,7 +171,8 @@ pub struct Delivery {
     pub msg_id: u64,
     /// Whether it was delivered before.
     pub redelivered: bool,
-    /// The queue, for acks (`None` for direct reply-to deliveries).
+    /// The queue, for settling (`None` when nothing will be settled: no-ack
+    /// consumers and direct reply-to).
     pub queue: Option<QueueHandle>,
     /// Whether the consumer acks (otherwise it was settled on delivery).
     pub needs_ack: bool,

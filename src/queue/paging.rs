@@ -615,13 +615,7 @@ mod tests {
             arguments: Default::default(),
             args: Default::default(),
         };
-        let h = QueueHandle {
-            id: 1,
-            info: Arc::new(info),
-            gauge: Arc::default(),
-            tx,
-            ctl,
-        };
+        let h = QueueHandle::new(1, Arc::new(info), Arc::default(), tx, ctl);
         (h, ctl_rx)
     }
 
