@@ -38,7 +38,7 @@ pub(crate) const ACTIVE_RETIRE_BYTES: u64 = 1 << 20;
 const MAX_SEQ_SPAN: u64 = 1 << 22;
 /// An ack file larger than this (and than [`ACK_COMPACT_RATIO`] times its compacted size) is
 /// rewritten. Only delivery-count updates can make it grow beyond ~20 bytes per record.
-const ACK_COMPACT_MIN: u64 = 1 << 20;
+pub(crate) const ACK_COMPACT_MIN: u64 = 1 << 20;
 /// See [`ACK_COMPACT_MIN`].
 const ACK_COMPACT_RATIO: u64 = 4;
 /// Name of the per-queue file holding the original queue key.
