@@ -146,19 +146,22 @@ async fn remembered_routes_drop_exclusive_queues_of_closed_connections() {
     // The owner's exclusive queue is gone; a new queue of that name gets the next publish.
     let mut gone = false;
     for _ in 0..500 {
-        // A failed passive declare closes its channel: a fresh one each try.
+        // A failed passive declare closes its channel: a fresh one each try. While the owner's
+        // queue still exists the answer is 405 RESOURCE_LOCKED; only 404 means it is gone.
         let probe = channel(&admin).await;
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        if probe
+        match probe
             .queue_declare(q.as_str().into(), passive, no_args())
             .await
-            .is_err()
         {
-            gone = true;
-            break;
+            Err(e) if format!("{e:?}").contains("NOT_FOUND") => {
+                gone = true;
+                break;
+            }
+            _ => {}
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
