@@ -168,7 +168,7 @@ fn bench_queue_actor(c: &mut Criterion) {
                         std::sync::Weak::new(),
                         Box::new(|_| {}),
                         None,
-                        Vec::new(),
+                        None,
                     );
                     let (tx, mut rx) = warrenmq::connection::inbox::inbox();
                     let shared = Arc::new(ConnShared::default());

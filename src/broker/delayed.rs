@@ -118,10 +118,13 @@ fn parse_int(s: &[u8]) -> Option<i128> {
     Some(if neg { -n } else { n })
 }
 
+/// Prefix of every delayed exchange's store key (a queue's key starts with a digit).
+pub const DELAYED_KEY_PREFIX: &str = "x-delayed:";
+
 /// The store key of a delayed exchange's log (never equal to a queue's key,
 /// which starts with a digit).
 pub fn delayed_key(vhost: &str, exchange: &str) -> QueueKey {
-    format!("x-delayed:{}:{}{}", vhost.len(), vhost, exchange)
+    format!("{DELAYED_KEY_PREFIX}{}:{}{}", vhost.len(), vhost, exchange)
 }
 
 fn now_ms() -> u64 {

@@ -15,7 +15,7 @@ use crate::queue::actor::QueueStore;
 use crate::queue::args::{ExchangeArgs, QueueArgs};
 use crate::queue::dedup::{self, DedupCache, Verdict};
 use crate::queue::{actor, ConfirmTag, ConnHandle, QueueCmd, QueueHandle, QueueInfo};
-use crate::store::StoredMessage;
+use crate::store::{RecoveredQueue, StoredMessage};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -441,7 +441,7 @@ impl VHost {
             arguments: d.arguments.clone(),
             args,
         };
-        let handle = self.spawn_queue(info, Vec::new());
+        let handle = self.spawn_queue(info, None);
         queues.insert(handle.info.name.clone(), handle.clone());
         drop(queues);
         self.routes_changed();
@@ -451,9 +451,9 @@ impl VHost {
         Ok(handle)
     }
 
-    /// Starts a queue actor; durable, non-exclusive queues get their store log, every queue a
-    /// page log for paging under memory pressure.
-    fn spawn_queue(&self, info: QueueInfo, recovered: Vec<StoredMessage>) -> QueueHandle {
+    /// Starts a queue actor; durable, non-exclusive queues get their store log (and what was
+    /// recovered from it), every queue a page log for paging under memory pressure.
+    fn spawn_queue(&self, info: QueueInfo, recovered: Option<RecoveredQueue>) -> QueueHandle {
         let store = self.storage.as_ref().map(|storage| QueueStore {
             handle: storage.store.clone(),
             key: queue_key(&self.name, &info.name),
@@ -746,7 +746,7 @@ impl VHost {
     pub fn restore(
         &self,
         defs: &VhostDefinitions,
-        recovered: &mut HashMap<String, Vec<StoredMessage>>,
+        recovered: &mut HashMap<String, RecoveredQueue>,
     ) -> (usize, usize) {
         let mut messages = 0;
         for ex in &defs.exchanges {
@@ -773,6 +773,7 @@ impl VHost {
             let held = (ex.kind == DELAYED_TYPE).then(|| {
                 recovered
                     .remove(&delayed::delayed_key(&self.name, &ex.name))
+                    .map(|log| log.messages)
                     .unwrap_or_default()
             });
             messages += held.as_ref().map_or(0, Vec::len);
@@ -781,10 +782,8 @@ impl VHost {
             self.exchanges_changed();
         }
         for q in &defs.queues {
-            let msgs = recovered
-                .remove(&queue_key(&self.name, &q.name))
-                .unwrap_or_default();
-            messages += msgs.len();
+            let log = recovered.remove(&queue_key(&self.name, &q.name));
+            messages += log.as_ref().map_or(0, |l| l.messages.len() + l.paged.len());
             let info = QueueInfo {
                 name: q.name.as_str().into(),
                 vhost: self.name.clone(),
@@ -802,7 +801,7 @@ impl VHost {
                 )
                 .unwrap_or_default(),
             };
-            let handle = self.spawn_queue(info, msgs);
+            let handle = self.spawn_queue(info, log);
             self.queues.write().insert(handle.info.name.clone(), handle);
         }
         for b in &defs.bindings {

@@ -21,7 +21,7 @@ use super::{
 use crate::broker::VHost;
 use crate::message::Message;
 use crate::protocol::{AmqpError, ReplyCode};
-use crate::store::{QueueKey, StoreHandle, StoredMessage};
+use crate::store::{PagedRecord, QueueKey, RecoveredQueue, StoreHandle, StoredMessage};
 use amq_protocol::types::AMQPValue;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -167,14 +167,14 @@ struct Queue {
 }
 
 /// Starts a queue task and returns its handle. A durable queue gets its store
-/// link and the messages recovered from its log.
+/// link and what was recovered from its log.
 pub fn spawn(
     id: super::QueueId,
     info: QueueInfo,
     vhost: Weak<VHost>,
     on_auto_delete: OnAutoDelete,
     store: Option<QueueStore>,
-    recovered: Vec<StoredMessage>,
+    recovered: Option<RecoveredQueue>,
 ) -> QueueHandle {
     let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
     let (ctl, ctl_rx) = mpsc::unbounded_channel();
@@ -198,7 +198,7 @@ pub fn spawn(
     let mut ready =
         ReadyQueue::new(handle.info.args.max_priority).with_compact_tail(2 * pager.window());
     let mut next_id = 1;
-    let mut recovered = recovered;
+    let (mut recovered, paged) = recovered.map_or_else(Default::default, |r| (r.messages, r.paged));
     recovered.sort_unstable_by_key(|m| m.seq);
     let mut restored = Vec::with_capacity(recovered.len());
     for m in recovered {
@@ -212,7 +212,7 @@ pub fn spawn(
             ),
         }
     }
-    let dedup = super::dedup::for_queue(
+    let mut dedup = super::dedup::for_queue(
         &handle.info.args,
         restored.iter().map(|(id, _, _, msg)| (*id, &**msg)),
     );
@@ -225,6 +225,15 @@ pub fn spawn(
             persisted: true,
             deliveries: delivery_count,
         });
+    }
+    // Beyond the recovery window (after every whole message, in seq order): index entries
+    // whose bodies are read back from the log when consumers get near them.
+    for p in paged {
+        next_id = next_id.max(p.seq + 1);
+        pager.recovered_upto(p.seq);
+        if let Some(entry) = paged_entry(&handle.info.args, p, &mut pager, dedup.as_mut()) {
+            ready.push_back(entry);
+        }
     }
     let mut queue = Queue {
         me: handle.clone(),
@@ -1123,6 +1132,51 @@ fn expiry(args: &QueueArgs, msg: &Message) -> Option<Instant> {
         .flatten();
     args.effective_ttl(per_message)
         .map(|ms| Instant::now() + std::time::Duration::from_millis(ms))
+}
+
+/// The ready entry of a message recovered without its body. Its properties, kept only when
+/// they hold `headers`, `priority` or `expiration`, give its expiry, priority and
+/// deduplication key; `None` (logged) if they cannot be decoded, as for a whole message.
+fn paged_entry(
+    args: &QueueArgs,
+    p: PagedRecord,
+    pager: &mut Pager,
+    dedup: Option<&mut super::dedup::DedupCache>,
+) -> Option<Entry> {
+    let props = match p.header {
+        Some(raw) => match Message::restore("", "", bytes::Bytes::from(raw), bytes::Bytes::new()) {
+            Some(m) => Some(m),
+            None => {
+                tracing::error!(
+                    seq = p.seq,
+                    "dropping recovered message with undecodable properties"
+                );
+                return None;
+            }
+        },
+        None => None,
+    };
+    let (expires_at, priority) = match &props {
+        Some(m) => (expiry(args, m), m.properties.priority().unwrap_or(0)),
+        None => (
+            args.effective_ttl(None)
+                .map(|ms| Instant::now() + std::time::Duration::from_millis(ms)),
+            0,
+        ),
+    };
+    if let (Some(cache), Some(m)) = (dedup, &props) {
+        cache.check_owned(m.headers(), std::time::Instant::now(), Some(p.seq), |_| {
+            true
+        });
+    }
+    Some(Entry {
+        id: p.seq,
+        expires_at,
+        msg: pager.recovered_paged(p.body_size, priority),
+        redelivered: p.redelivered,
+        persisted: true,
+        deliveries: p.delivery_count,
+    })
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

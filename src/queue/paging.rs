@@ -243,6 +243,16 @@ impl Pager {
         }
     }
 
+    /// The body of a message recovered without it: it is in the queue's durable log.
+    pub fn recovered_paged(&mut self, size: u32, priority: u8) -> Body {
+        self.paged += 1;
+        Body::Paged {
+            size,
+            priority,
+            page_seq: 0,
+        }
+    }
+
     /// Drops the body of `msg` from memory: a persisted one is in the durable log already;
     /// any other is queued for the page log.
     fn page_out_one(&mut self, msg: &Message, persisted: bool) -> Body {

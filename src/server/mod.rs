@@ -7,7 +7,7 @@ use crate::broker::{definitions, Broker, Storage};
 use crate::config::Config;
 use crate::config::FsyncPolicy;
 use crate::connection;
-use crate::store::{FsyncMode, Store, StoredMessage};
+use crate::store::{FsyncMode, RecoveredQueue, RecoveryWindow, Store, StoreOptions};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,16 +119,26 @@ async fn open_storage(config: Arc<Config>) -> Result<(Store, Arc<Broker>), Start
         FsyncPolicy::Always => FsyncMode::Always,
         FsyncPolicy::Never => FsyncMode::Never,
     };
+    // Bodies beyond each queue's memory window stay on disk from the start (delayed
+    // exchanges hold all of theirs in memory, so their logs come back whole).
+    let options = StoreOptions {
+        fsync,
+        recovery_window: (config.storage.queue_memory_window > 0).then_some(RecoveryWindow {
+            records: config.storage.queue_memory_window,
+            whole_prefix: crate::broker::delayed::DELAYED_KEY_PREFIX,
+        }),
+        ..StoreOptions::default()
+    };
     let open_dir = dir.clone();
-    let opened = tokio::task::spawn_blocking(move || Store::open(&open_dir, fsync))
+    let opened = tokio::task::spawn_blocking(move || Store::open_with_options(&open_dir, options))
         .await
         .expect("store recovery task panicked");
     let (store, handle, recovered) = opened.map_err(|error| StartError::Store {
         dir: dir.clone(),
         error,
     })?;
-    let mut logs: HashMap<String, Vec<StoredMessage>> =
-        recovered.into_iter().map(|q| (q.key, q.messages)).collect();
+    let mut logs: HashMap<String, RecoveredQueue> =
+        recovered.into_iter().map(|q| (q.key.clone(), q)).collect();
     let storage = Arc::new(Storage {
         store: handle.clone(),
         data_dir: config.data_dir.clone(),
@@ -151,7 +161,7 @@ async fn open_storage(config: Arc<Config>) -> Result<(Store, Arc<Broker>), Start
             Err(error) => return Err(StartError::Store { dir: path, error }),
         }
     }
-    for (key, msgs) in logs {
+    for (key, log) in logs {
         if key.starts_with(crate::queue::paging::PAGE_KEY_PREFIX) {
             // Paged-out transient messages of the previous run: gone with the restart.
             handle.delete_queue(&key);
@@ -159,7 +169,7 @@ async fn open_storage(config: Arc<Config>) -> Result<(Store, Arc<Broker>), Start
         }
         warn!(
             key,
-            messages = msgs.len(),
+            messages = log.messages.len() + log.paged.len(),
             "deleting the log of a queue that no longer exists"
         );
         handle.delete_queue(&key);

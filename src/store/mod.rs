@@ -98,7 +98,37 @@ pub struct RecoveredQueue {
     /// The key the queue's log was created with.
     pub key: QueueKey,
     /// Messages not acked before the stop, in seq order (delivered-but-unacked ones included).
+    /// With a [`RecoveryWindow`], only the first [`RecoveryWindow::records`] of them.
     pub messages: Vec<StoredMessage>,
+    /// The live records after those, without their bodies (empty without a window).
+    pub paged: Vec<PagedRecord>,
+}
+
+/// A live record recovered without its body, which stays in the log to be read back by seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagedRecord {
+    /// Sequence number.
+    pub seq: u64,
+    /// Body size in bytes.
+    pub body_size: u32,
+    /// Latest recorded delivery count.
+    pub delivery_count: u32,
+    /// Whether the message was delivered before.
+    pub redelivered: bool,
+    /// The encoded properties, kept (copied out of the segment) only when they carry what a
+    /// queue needs without the body: `headers`, `priority` or `expiration`.
+    pub header: Option<Box<[u8]>>,
+}
+
+/// How much of each log recovery returns whole: the rest comes back as [`PagedRecord`]s, so
+/// start-up memory is bounded by the window, not by the backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryWindow {
+    /// Live records per log returned with their bodies.
+    pub records: usize,
+    /// Logs whose key starts with this prefix always come back whole (their owner needs
+    /// every message in memory); empty = none.
+    pub whole_prefix: &'static str,
 }
 
 /// Callback run on the store thread when an append or flush is durable (or failed).
@@ -111,6 +141,8 @@ pub struct StoreOptions {
     pub fsync: FsyncMode,
     /// Size at which a segment is sealed and a new one started (default 8 MiB).
     pub segment_bytes: u64,
+    /// Recover only this much of each log with bodies (default: everything).
+    pub recovery_window: Option<RecoveryWindow>,
 }
 
 impl Default for StoreOptions {
@@ -118,6 +150,7 @@ impl Default for StoreOptions {
         StoreOptions {
             fsync: FsyncMode::Always,
             segment_bytes: queue_log::SEGMENT_MAX_BYTES,
+            recovery_window: None,
         }
     }
 }
@@ -279,7 +312,8 @@ impl Store {
         fs::create_dir_all(&trash_dir)?;
         let marker = dir.join(CLEAN_MARKER);
         let clean = fs::read(&marker).is_ok_and(|m| m == CLEAN_MARKER_CONTENTS);
-        let (recovered, recovery) = recovery::recover_all(&queues_dir, clean, sync)?;
+        let (recovered, recovery) =
+            recovery::recover_all(&queues_dir, clean, sync, opts.recovery_window)?;
         if marker.exists() {
             // Must be durably gone before anything new is written: from now on a crash is not
             // a clean shutdown.

@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use super::queue_log::{self, LiveSet, QueueLog, Segment, META_FILE, META_MAGIC};
 use super::segment::{self, AckEntry, HeaderError, Next, SEGMENT_HEADER_LEN};
-use super::{RecoveredQueue, StoredMessage};
+use super::{PagedRecord, RecoveredQueue, RecoveryWindow, StoredMessage};
 
 /// Totals of a recovery run, for logging and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +59,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Recovers all queue directories under `queues_dir`.
 ///
 /// `clean` = the previous run shut down cleanly (skip record CRCs). `sync` = fsync repairs.
+/// `window`: how many live records per log come back with their bodies (all if `None`).
 pub(crate) fn recover_all(
     queues_dir: &Path,
     clean: bool,
     sync: bool,
+    window: Option<RecoveryWindow>,
 ) -> io::Result<(Vec<(QueueLog, RecoveredQueue)>, RecoveryStats)> {
     let started = Instant::now();
     let mut dirs = Vec::new();
@@ -105,7 +107,8 @@ pub(crate) fn recover_all(
                     loop {
                         let i = next.fetch_add(1, Relaxed);
                         let Some(dir) = dirs.get(i) else { break };
-                        if let Some((log, rq)) = recover_queue(dir, clean, sync, &progress) {
+                        if let Some((log, rq)) = recover_queue(dir, clean, sync, window, &progress)
+                        {
                             out.push((i, log, rq));
                         }
                         let done = progress.queues.fetch_add(1, Relaxed) + 1;
@@ -173,6 +176,7 @@ fn recover_queue(
     dir: &Path,
     clean: bool,
     sync: bool,
+    window: Option<RecoveryWindow>,
     progress: &Progress,
 ) -> Option<(QueueLog, RecoveredQueue)> {
     let key = match read_meta(dir) {
@@ -182,11 +186,23 @@ fn recover_queue(
             return None;
         }
     };
-    match recover_segments(dir, &key, clean, sync, progress) {
-        Ok((segments, messages)) => {
-            progress.messages.fetch_add(messages.len() as u64, Relaxed);
+    let whole = window
+        .filter(|w| w.whole_prefix.is_empty() || !key.starts_with(w.whole_prefix))
+        .map_or(usize::MAX, |w| w.records);
+    match recover_segments(dir, &key, clean, sync, whole, progress) {
+        Ok((segments, messages, paged)) => {
+            progress
+                .messages
+                .fetch_add((messages.len() + paged.len()) as u64, Relaxed);
             let log = QueueLog::from_parts(key.clone(), dir.to_path_buf(), segments);
-            Some((log, RecoveredQueue { key, messages }))
+            Some((
+                log,
+                RecoveredQueue {
+                    key,
+                    messages,
+                    paged,
+                },
+            ))
         }
         Err(e) => {
             error!(queue = %key, dir = %dir.display(), error = %e, "cannot read queue dir; skipped");
@@ -307,14 +323,20 @@ fn remove_segment(dir: &Path, id: u64) {
     }
 }
 
-/// Recovers all segments of one queue: returns the live segments and the ready messages.
+/// What [`recover_segments`] finds: the live segments, the first ready messages whole, and
+/// the index entries of the rest.
+type RecoveredSegments = (BTreeMap<u64, Segment>, Vec<StoredMessage>, Vec<PagedRecord>);
+
+/// Recovers all segments of one queue: returns the live segments, the first `whole` ready
+/// messages and the index entries of the rest.
 fn recover_segments(
     dir: &Path,
     key: &str,
     clean: bool,
     sync: bool,
+    whole: usize,
     progress: &Progress,
-) -> io::Result<(BTreeMap<u64, Segment>, Vec<StoredMessage>)> {
+) -> io::Result<RecoveredSegments> {
     let (seg_ids, ack_ids) = list_ids(dir)?;
     let mut changed = false;
     for id in ack_ids
@@ -327,6 +349,7 @@ fn recover_segments(
     }
     let mut segments = BTreeMap::new();
     let mut messages: Vec<StoredMessage> = Vec::new();
+    let mut paged: Vec<PagedRecord> = Vec::new();
     for id in seg_ids {
         let seg_path = queue_log::segment_path(dir, id);
         let acks = load_acks(&queue_log::ack_path(dir, id), key, sync, progress)?;
@@ -403,20 +426,30 @@ fn recover_segments(
             changed = true;
             continue;
         }
-        // Keep the segment buffer alive (zero-copy) only if most of it is still needed.
-        let share = live_bytes * 2 >= data.len();
+        // Keep the segment buffer alive (zero-copy) only if most of it is still needed and all
+        // of its live records come back whole (a window's worth must not pin a whole segment).
+        let share =
+            live_bytes * 2 >= data.len() && messages.len().saturating_add(live_refs.len()) <= whole;
         let mut live = LiveSet::new(id);
         let mut dcounts = HashMap::new();
-        messages.reserve(live_refs.len());
         for r in &live_refs {
-            let mut m = segment::to_message(&data, r, share);
-            if let Some(&c) = acks.dcounts.get(&r.seq) {
-                m.delivery_count = c;
+            let count = acks.dcounts.get(&r.seq).copied();
+            if let Some(c) = count {
                 dcounts.insert(r.seq, c);
             }
-            m.redelivered |= m.delivery_count > 0;
             live.insert(r.seq);
-            messages.push(m);
+            if messages.len() < whole {
+                let mut m = segment::to_message(&data, r, share);
+                if let Some(c) = count {
+                    m.delivery_count = c;
+                }
+                m.redelivered |= m.delivery_count > 0;
+                messages.push(m);
+            } else {
+                // Beyond the window: the body stays on disk, and `data` is freed with this
+                // segment since nothing slices it.
+                paged.push(segment::to_paged(&data, r, count));
+            }
         }
         segments.insert(
             id,
@@ -429,5 +462,8 @@ fn recover_segments(
     if !messages.is_sorted_by_key(|m| m.seq) {
         messages.sort_by_key(|m| m.seq);
     }
-    Ok((segments, messages))
+    if !paged.is_sorted_by_key(|p| p.seq) {
+        paged.sort_by_key(|p| p.seq);
+    }
+    Ok((segments, messages, paged))
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::StoredMessage;
+use super::{PagedRecord, StoredMessage};
 
 /// Version of the on-disk format written by this code (segment header and `VERSION` file).
 pub const FORMAT_VERSION: u32 = 1;
@@ -330,6 +330,27 @@ pub(crate) fn to_message(data: &Bytes, r: &RecordRef, share: bool) -> StoredMess
         routing_key: String::from_utf8_lossy(&data[r.routing_key.clone()]).into_owned(),
         delivery_count: r.delivery_count,
         redelivered: r.flags & FLAG_REDELIVERED != 0,
+    }
+}
+
+/// Property-flag bits (first two bytes of the encoded properties) a queue needs without the
+/// body: `headers` (deduplication), `priority` and `expiration`.
+const PAGED_HEADER_NEEDS: u16 = 0x2000 | 0x0800 | 0x0100;
+
+/// The index form of a live record beyond the recovery window: no body, and the properties
+/// only when they carry something the queue needs before the body is read back.
+pub(crate) fn to_paged(data: &[u8], r: &RecordRef, delivery_count: Option<u32>) -> PagedRecord {
+    let header = &data[r.header.clone()];
+    let flags = header
+        .get(..2)
+        .map_or(0, |f| u16::from_be_bytes([f[0], f[1]]));
+    let delivery_count = delivery_count.unwrap_or(r.delivery_count);
+    PagedRecord {
+        seq: r.seq,
+        body_size: u32::try_from(r.body.len()).unwrap_or(u32::MAX),
+        delivery_count,
+        redelivered: r.flags & FLAG_REDELIVERED != 0 || delivery_count > 0,
+        header: (flags & PAGED_HEADER_NEEDS != 0).then(|| header.into()),
     }
 }
 

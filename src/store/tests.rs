@@ -42,6 +42,7 @@ fn open_small(dir: &Path, segment_bytes: u64) -> (Store, StoreHandle, Vec<Recove
         StoreOptions {
             fsync: FsyncMode::Always,
             segment_bytes,
+            recovery_window: None,
         },
     )
     .expect("open store")
@@ -257,6 +258,49 @@ fn ack_file_with_delivery_count_churn_is_compacted() {
     let m = &find(&rec, &q).messages;
     assert_eq!(seqs(find(&rec, &q)), vec![1, 3]);
     assert_eq!(m[0].delivery_count, updates);
+}
+
+#[test]
+fn recovery_window_returns_the_rest_as_index_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (q, keep) = ("/win".to_string(), "keep:log".to_string());
+    let (store, h, _) = open(dir);
+    let mut msgs: Vec<_> = (1..=10).map(|s| msg_len(s, 100 + s as usize)).collect();
+    // Only delivery-mode set: nothing a queue needs before the body, so no header is kept.
+    msgs[9].header = Bytes::from_static(&[0x10, 0x00, 0x02]);
+    append_wait(&h, &q, msgs).unwrap();
+    append_wait(&h, &keep, (1..=10).map(|s| msg(s, "k")).collect()).unwrap();
+    h.ack(&q, vec![2, 8]);
+    h.set_delivery_count(&q, 9, 2);
+    settle(&h);
+    crash(store, dir);
+    let options = StoreOptions {
+        recovery_window: Some(RecoveryWindow {
+            records: 3,
+            whole_prefix: "keep:",
+        }),
+        ..StoreOptions::default()
+    };
+    let (_store, _h, rec) = Store::open_with_options(dir, options).expect("open store");
+    let r = find(&rec, &q);
+    assert_eq!(seqs(r), vec![1, 3, 4]);
+    let paged: Vec<_> = r.paged.iter().map(|p| p.seq).collect();
+    assert_eq!(paged, vec![5, 6, 7, 9, 10]);
+    for p in &r.paged {
+        assert_eq!(p.body_size as usize, 100 + p.seq as usize);
+        let redelivered = p.seq == 9;
+        assert_eq!(
+            (p.delivery_count, p.redelivered),
+            (if redelivered { 2 } else { 0 }, redelivered)
+        );
+        let header =
+            (p.seq != 10).then(|| format!("hdr-{}", p.seq).into_bytes().into_boxed_slice());
+        assert_eq!(p.header, header, "header of {}", p.seq);
+    }
+    let k = find(&rec, &keep);
+    assert_eq!(k.messages.len(), 10);
+    assert!(k.paged.is_empty());
 }
 
 /// Appends 1..=5 (100-byte bodies), crashes, and returns the segment path and record length.
