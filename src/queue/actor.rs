@@ -1127,9 +1127,17 @@ impl Queue {
 /// When a message expires in a queue with these arguments (the lower of the
 /// queue's `x-message-ttl` and the message's `expiration` wins).
 fn expiry(args: &QueueArgs, msg: &Message) -> Option<Instant> {
-    let per_message = super::args::message_expiration(&msg.properties)
-        .ok()
-        .flatten();
+    expiry_of(args, Some(msg))
+}
+
+/// When a message entering now expires: the lower of the queue's TTL and the message's own
+/// `expiration` (`None`: a message whose properties were not kept, so it has none).
+fn expiry_of(args: &QueueArgs, msg: Option<&Message>) -> Option<Instant> {
+    let per_message = msg.and_then(|m| {
+        super::args::message_expiration(&m.properties)
+            .ok()
+            .flatten()
+    });
     args.effective_ttl(per_message)
         .map(|ms| Instant::now() + std::time::Duration::from_millis(ms))
 }
@@ -1156,14 +1164,11 @@ fn paged_entry(
         },
         None => None,
     };
-    let (expires_at, priority) = match &props {
-        Some(m) => (expiry(args, m), m.properties.priority().unwrap_or(0)),
-        None => (
-            args.effective_ttl(None)
-                .map(|ms| Instant::now() + std::time::Duration::from_millis(ms)),
-            0,
-        ),
-    };
+    let expires_at = expiry_of(args, props.as_deref());
+    let priority = props
+        .as_ref()
+        .and_then(|m| *m.properties.priority())
+        .unwrap_or(0);
     if let (Some(cache), Some(m)) = (dedup, &props) {
         cache.check_owned(m.headers(), std::time::Instant::now(), Some(p.seq), |_| {
             true
